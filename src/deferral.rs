@@ -1,0 +1,333 @@
+//! Ownership of the single deferred run.
+
+use crate::clock::{Clock, DefaultClock};
+use crate::throttle::Throttle;
+use core::fmt;
+use core::mem;
+use core::time::Duration;
+use std::sync::Arc;
+
+/// The single deferred run, owned by the caller that claimed it.
+///
+/// The owner either runs it ([`run`](Deferral::run), or [`try_run`](Deferral::try_run) from
+/// its own event loop) or gives it up by dropping it: a panic unwinding through it, a cancelled
+/// future holding it, an early return. Dropping releases the deferral in one atomic step, so
+/// the next admission is Deferred (or Now, past the window), never Coalesced behind an owner
+/// who is gone (SPEC G2). A release only clears the exact state word this owner installed: it
+/// can never clear a later owner's deferral.
+///
+/// [`mem::forget`] on a deferral is the one way to strand it: every later call is then
+/// Coalesced.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{Admission, Throttle};
+/// use std::time::Duration;
+///
+/// let throttle = Throttle::new(Duration::from_millis(2));
+/// let _ = throttle.admit(); // Now
+/// if let Admission::Deferred(deferral) = throttle.admit() {
+///     assert!(deferral.remaining() <= Duration::from_millis(3));
+///     let answer = deferral.run(|| 42); // sleeps until the deadline, then runs
+///     assert_eq!(answer, 42);
+/// };
+/// ```
+#[must_use = "dropping a Deferral gives the deferred run up"]
+pub struct Deferral<'a, C: Clock = DefaultClock> {
+    throttle: &'a Throttle<C>,
+    /// The state word this owner installed when it claimed the deferral.
+    word: u64,
+}
+
+impl<'a, C: Clock> Deferral<'a, C> {
+    pub(crate) fn new(throttle: &'a Throttle<C>, word: u64) -> Self {
+        Self { throttle, word }
+    }
+
+    /// Hands the claim over without releasing it.
+    pub(crate) fn disown(self) -> u64 {
+        let word = self.word;
+        mem::forget(self);
+        word
+    }
+
+    /// When the deferred run may start, in the throttle clock's nanoseconds
+    /// ([`Clock::now_nanos`]); `u64::MAX` if that lies past the end of the clock's range.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Admission, ManualClock, Throttle};
+    /// use std::time::Duration;
+    ///
+    /// let throttle = Throttle::with_clock(Duration::from_millis(1), ManualClock::new())?;
+    /// let _ = throttle.admit();
+    /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+    /// // The window ends a threshold after the last run, rounded up to the throttle's ticks.
+    /// assert!(deferral.deadline() >= 1_000_000);
+    /// # Ok::<(), atomic_throttle::ThresholdError>(())
+    /// ```
+    pub fn deadline(&self) -> u64 {
+        self.throttle.deadline_nanos(self.word)
+    }
+
+    /// How long until the deadline; zero once it has passed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Admission, ManualClock, Throttle};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let throttle = Throttle::with_clock(Duration::from_millis(1), clock.clone())?;
+    /// let _ = throttle.admit();
+    /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+    /// assert!(deferral.remaining() >= Duration::from_millis(1));
+    /// clock.advance(Duration::from_millis(2));
+    /// assert_eq!(deferral.remaining(), Duration::ZERO);
+    /// # Ok::<(), atomic_throttle::ThresholdError>(())
+    /// ```
+    pub fn remaining(&self) -> Duration {
+        self.throttle.remaining(self.word)
+    }
+
+    /// Blocks until the deadline, stamps the run, then runs `f` and returns its result.
+    ///
+    /// The wait is [`Clock::sleep`] on the throttle's clock, repeated until the deadline has
+    /// passed. The stamp comes before `f`, so a panic in `f` strands nothing: the window has
+    /// already moved on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Admission, Throttle};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let throttle = Throttle::new(Duration::from_millis(3));
+    /// let started = Instant::now();
+    /// let _ = throttle.admit();
+    /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+    /// deferral.run(|| assert!(started.elapsed() >= Duration::from_millis(3)));
+    /// ```
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        self.throttle.stamp_when_due(self.word);
+        f()
+        // Dropping `self` tries to release `self.word`, which the stamp replaced: no effect.
+    }
+
+    /// Runs `f` if the deadline has passed; otherwise hands the deferral back, for callers
+    /// that wait on their own timer or event loop.
+    ///
+    /// # Errors
+    ///
+    /// The deferral itself, unchanged, when its deadline has not passed yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Admission, ManualClock, Throttle};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let throttle = Throttle::with_clock(Duration::from_millis(1), clock.clone())?;
+    /// let _ = throttle.admit();
+    /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+    ///
+    /// let deferral = deferral.try_run(|| "early").unwrap_err(); // not due yet
+    /// clock.advance(deferral.remaining());
+    /// assert_eq!(deferral.try_run(|| "due").ok(), Some("due"));
+    /// # Ok::<(), atomic_throttle::ThresholdError>(())
+    /// ```
+    pub fn try_run<R>(self, f: impl FnOnce() -> R) -> Result<R, Self> {
+        if self.throttle.try_stamp(self.word) {
+            Ok(f())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The throttle this deferral belongs to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{Admission, Throttle};
+    /// # use std::time::Duration;
+    /// let throttle = Throttle::new(Duration::from_secs(1));
+    /// let _ = throttle.admit();
+    /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+    /// assert!(deferral.throttle().is_pending());
+    /// ```
+    pub fn throttle(&self) -> &'a Throttle<C> {
+        self.throttle
+    }
+}
+
+impl<C: Clock> Drop for Deferral<'_, C> {
+    fn drop(&mut self) {
+        self.throttle.release(self.word);
+    }
+}
+
+impl<C: Clock> fmt::Debug for Deferral<'_, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deferral")
+            .field("deadline", &self.deadline())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to [`Throttle::admit_owned`]: [`Admission`](crate::Admission) for a throttle
+/// shared through an [`Arc`].
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{OwnedAdmission, Throttle};
+/// use std::{sync::Arc, time::Duration};
+///
+/// let throttle = Arc::new(Throttle::new(Duration::from_secs(1)));
+/// assert!(matches!(throttle.admit_owned(), OwnedAdmission::Now));
+/// ```
+#[must_use = "a Deferred answer releases its deferral when dropped; match on the answer"]
+#[derive(Debug)]
+pub enum OwnedAdmission<C: Clock = DefaultClock> {
+    /// Run at once; the throttle has already stamped the run.
+    Now,
+    /// The caller owns the deferred run.
+    Deferred(OwnedDeferral<C>),
+    /// A deferral is pending; its run will come after this call.
+    Coalesced,
+}
+
+/// A [`Deferral`] that holds its throttle through an [`Arc`], so that it can move to another
+/// thread or task. Its methods and guarantees are those of [`Deferral`].
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{OwnedAdmission, Throttle};
+/// use std::{sync::Arc, thread, time::Duration};
+///
+/// let throttle = Arc::new(Throttle::new(Duration::from_millis(1)));
+/// let _ = throttle.admit_owned();
+/// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
+/// let worker = thread::spawn(move || deferral.run(|| "ran on the worker"));
+/// assert_eq!(worker.join().unwrap(), "ran on the worker");
+/// ```
+#[must_use = "dropping a deferral gives the deferred run up"]
+pub struct OwnedDeferral<C: Clock = DefaultClock> {
+    throttle: Arc<Throttle<C>>,
+    word: u64,
+}
+
+impl<C: Clock> OwnedDeferral<C> {
+    pub(crate) fn new(throttle: Arc<Throttle<C>>, word: u64) -> Self {
+        Self { throttle, word }
+    }
+
+    /// See [`Deferral::deadline`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{OwnedAdmission, Throttle};
+    /// # use std::{sync::Arc, time::Duration};
+    /// let throttle = Arc::new(Throttle::new(Duration::from_secs(1)));
+    /// let _ = throttle.admit_owned();
+    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
+    /// assert!(deferral.deadline() > 0);
+    /// ```
+    pub fn deadline(&self) -> u64 {
+        self.throttle.deadline_nanos(self.word)
+    }
+
+    /// See [`Deferral::remaining`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{OwnedAdmission, Throttle};
+    /// # use std::{sync::Arc, time::Duration};
+    /// let throttle = Arc::new(Throttle::new(Duration::from_secs(1)));
+    /// let _ = throttle.admit_owned();
+    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
+    /// assert!(deferral.remaining() <= Duration::from_secs(1) + Duration::from_micros(3));
+    /// ```
+    pub fn remaining(&self) -> Duration {
+        self.throttle.remaining(self.word)
+    }
+
+    /// See [`Deferral::run`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{OwnedAdmission, Throttle};
+    /// # use std::{sync::Arc, time::Duration};
+    /// let throttle = Arc::new(Throttle::new(Duration::from_millis(1)));
+    /// let _ = throttle.admit_owned();
+    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
+    /// assert_eq!(deferral.run(|| 5), 5);
+    /// ```
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        self.throttle.stamp_when_due(self.word);
+        f()
+    }
+
+    /// See [`Deferral::try_run`].
+    ///
+    /// # Errors
+    ///
+    /// The deferral itself, unchanged, when its deadline has not passed yet.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{OwnedAdmission, Throttle};
+    /// # use std::{sync::Arc, time::Duration};
+    /// let throttle = Arc::new(Throttle::new(Duration::from_secs(60)));
+    /// let _ = throttle.admit_owned();
+    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
+    /// assert!(deferral.try_run(|| ()).is_err());
+    /// ```
+    pub fn try_run<R>(self, f: impl FnOnce() -> R) -> Result<R, Self> {
+        if self.throttle.try_stamp(self.word) {
+            Ok(f())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The throttle this deferral belongs to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{OwnedAdmission, Throttle};
+    /// # use std::{sync::Arc, time::Duration};
+    /// let throttle = Arc::new(Throttle::new(Duration::from_secs(1)));
+    /// let _ = throttle.admit_owned();
+    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
+    /// assert!(Arc::ptr_eq(deferral.throttle(), &throttle));
+    /// ```
+    pub fn throttle(&self) -> &Arc<Throttle<C>> {
+        &self.throttle
+    }
+}
+
+impl<C: Clock> Drop for OwnedDeferral<C> {
+    fn drop(&mut self) {
+        self.throttle.release(self.word);
+    }
+}
+
+impl<C: Clock> fmt::Debug for OwnedDeferral<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedDeferral")
+            .field("deadline", &self.deadline())
+            .finish_non_exhaustive()
+    }
+}

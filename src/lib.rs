@@ -1,0 +1,89 @@
+//! Limits a piece of work to one run per threshold, with one deferred trailing run, in a single
+//! `AtomicU64`.
+//!
+//! ```
+//! use atomic_throttle::{Admission, Throttle};
+//! use std::time::Duration;
+//!
+//! let throttle = Throttle::new(Duration::from_millis(10));
+//! match throttle.admit() {
+//!     Admission::Now => println!("leading run"),
+//!     Admission::Deferred(deferral) => deferral.run(|| println!("trailing run")),
+//!     Admission::Coalesced => {} // the pending trailing run covers this call
+//! };
+//! ```
+//!
+//! The first call with no run in the last threshold runs at once; the first call inside the
+//! window becomes the single *deferred* call, which runs when the window ends; calls while it
+//! is pending are *coalesced* into it. [`Throttled`] wraps a function the way Neutron's
+//! `throttler` decorator does.
+//!
+//! # Guarantees
+//!
+//! 1. **Spacing.** Any two runs are stamped at least the threshold apart on the throttle's
+//!    clock, whichever paths produced them.
+//! 2. **No stranding.** At most one deferral exists at a time. Once its owner drops it (a
+//!    panic, a cancelled future, an early return), no call is Coalesced until a new owner
+//!    claims it.
+//! 3. **Coverage.** While an owner lives, every Coalesced call is followed by a run stamped
+//!    after the state that call saw.
+//! 4. **Progress.** Admission never blocks, allocates or panics, and is lock-free: a failed
+//!    compare-and-swap means another caller's succeeded.
+//! 5. **Clock faults.** A clock that steps backwards counts the step as no time; one that
+//!    jumps far forward causes no overflow. Neither causes a panic, a stranded deferral or a
+//!    second run inside the threshold.
+//! 6. **Bad input.** A threshold over [`Throttle::MAX_THRESHOLD`] (about 146 years) is refused
+//!    with a [`ThresholdError`], never truncated.
+//! 7. **Lifetime.** Stamps hold every `u64` nanosecond reading of the clock (about 584 years
+//!    from its origin) and never wrap.
+//!
+//! These are checked by behaviour tests, a property test against a sequential model, a
+//! multi-thread stress test and loom models of every interleaving (the `loom-tests` crate).
+//! [`mem::forget`](core::mem::forget) on a deferral is outside them: it strands the deferral.
+//!
+//! # Memory ordering
+//!
+//! - A caller whose admission sees a run's stamp or a deferral's claim or release
+//!   (Now, Deferred or Coalesced) also sees everything the caller that wrote it did before
+//!   its own admission, release or stamp: the state word is read with `Acquire` and changed
+//!   only by `AcqRel` compare-and-swaps.
+//! - A Coalesced answer from [`Throttle::admit`] writes nothing, so it gives **no**
+//!   happens-before edge from the coalesced caller to the run that covers it: that run may
+//!   not see what the coalesced caller wrote just before. If the covering run must read it,
+//!   call [`Throttle::admit_publishing`], whose read-modify-write publishes the caller's
+//!   earlier writes to the covering run, at the price of a write to the shared word on every
+//!   call. Both behaviours are checked under loom.
+//!
+//! # Features
+//!
+//! None yet. Under `cfg(loom)` the crate builds on loom's atomics, so code that uses it can be
+//! model-checked; [`DefaultClock`] is then a virtual clock.
+//!
+//! # MSRV
+//!
+//! Rust 1.80 is declared; the crate is built and tested on the current stable toolchain.
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod clock;
+mod deferral;
+mod error;
+mod state;
+mod sync;
+mod throttle;
+mod throttled;
+
+pub use crate::clock::{Clock, DefaultClock, ManualClock};
+pub use crate::deferral::{Deferral, OwnedAdmission, OwnedDeferral};
+pub use crate::error::ThresholdError;
+pub use crate::throttle::{Admission, Throttle};
+pub use crate::throttled::{Outcome, Throttled};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,190 @@
+//! The Neutron-style wrapper: a throttle and the work it limits, in one value.
+
+use crate::clock::{Clock, DefaultClock};
+use crate::error::ThresholdError;
+use crate::throttle::{Admission, Throttle};
+use core::fmt;
+use core::time::Duration;
+
+/// A function limited to one run per threshold, the way Neutron's `throttler` decorator
+/// limits one: the first call runs at once, the first call inside the window waits for the
+/// window to end and runs then, and calls while that one waits return at once.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{Outcome, Throttled};
+/// use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+/// use std::time::Duration;
+///
+/// let runs = AtomicU32::new(0);
+/// let publish = Throttled::new(Duration::from_millis(1), || runs.fetch_add(1, Relaxed));
+/// assert!(matches!(publish.call(), Outcome::Now(0)));
+/// assert!(matches!(publish.call(), Outcome::Deferred(1))); // waited about 1 ms
+/// ```
+pub struct Throttled<F, C: Clock = DefaultClock> {
+    throttle: Throttle<C>,
+    work: F,
+}
+
+/// What one [`Throttled::call`] did.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::Outcome;
+///
+/// let outcome: Outcome<u8> = Outcome::Coalesced;
+/// assert_eq!(outcome.ran(), None);
+/// assert_eq!(Outcome::Now(3).ran(), Some(3));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[must_use]
+pub enum Outcome<R> {
+    /// The work ran at once; here is its result.
+    Now(R),
+    /// This call waited for the window to end, then ran the work; here is its result.
+    Deferred(R),
+    /// Another call's deferred run covers this one; the work did not run here.
+    Coalesced,
+}
+
+impl<R> Outcome<R> {
+    /// The work's result, if it ran in this call.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Outcome;
+    /// assert_eq!(Outcome::Deferred("x").ran(), Some("x"));
+    /// ```
+    pub fn ran(self) -> Option<R> {
+        match self {
+            Outcome::Now(result) | Outcome::Deferred(result) => Some(result),
+            Outcome::Coalesced => None,
+        }
+    }
+}
+
+impl<F> Throttled<F> {
+    /// Wraps `work` in a throttle on the process's [`DefaultClock`].
+    ///
+    /// # Panics
+    ///
+    /// If `threshold` exceeds [`Throttle::MAX_THRESHOLD`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Throttled;
+    /// # use std::time::Duration;
+    /// let flush = Throttled::new(Duration::from_millis(100), || println!("flushed"));
+    /// # let _ = flush;
+    /// ```
+    pub fn new(threshold: Duration, work: F) -> Self {
+        Self::from_throttle(Throttle::new(threshold), work)
+    }
+
+    /// Wraps `work` in a throttle on the process's [`DefaultClock`].
+    ///
+    /// # Errors
+    ///
+    /// [`ThresholdError`] if `threshold` exceeds [`Throttle::MAX_THRESHOLD`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Throttled;
+    /// # use std::time::Duration;
+    /// assert!(Throttled::try_new(Duration::MAX, || ()).is_err());
+    /// ```
+    pub fn try_new(threshold: Duration, work: F) -> Result<Self, ThresholdError> {
+        Ok(Self::from_throttle(Throttle::try_new(threshold)?, work))
+    }
+}
+
+impl<F, C: Clock> Throttled<F, C> {
+    /// Wraps `work` in a throttle reading time from `clock`.
+    ///
+    /// # Errors
+    ///
+    /// [`ThresholdError`] if `threshold` exceeds [`Throttle::MAX_THRESHOLD`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{ManualClock, Outcome, Throttled};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::new();
+    /// let tick = Throttled::with_clock(Duration::from_secs(1), clock.clone(), || clock.now())?;
+    /// assert_eq!(tick.call(), Outcome::Now(Duration::ZERO));
+    /// assert_eq!(tick.call(), Outcome::Deferred(Duration::from_nanos(1_000_001_536)));
+    /// # Ok::<(), atomic_throttle::ThresholdError>(())
+    /// ```
+    pub fn with_clock(threshold: Duration, clock: C, work: F) -> Result<Self, ThresholdError> {
+        Ok(Self::from_throttle(Throttle::with_clock(threshold, clock)?, work))
+    }
+
+    /// Wraps `work` in an existing throttle.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{Throttle, Throttled};
+    /// # use std::time::Duration;
+    /// let log = Throttled::from_throttle(Throttle::new(Duration::from_secs(5)), || ());
+    /// assert_eq!(log.throttle().threshold(), Duration::from_secs(5));
+    /// ```
+    pub fn from_throttle(throttle: Throttle<C>, work: F) -> Self {
+        Self { throttle, work }
+    }
+
+    /// The throttle that decides the calls.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Throttled;
+    /// # use std::time::Duration;
+    /// let job = Throttled::new(Duration::from_secs(1), || ());
+    /// assert!(!job.throttle().is_pending());
+    /// ```
+    pub fn throttle(&self) -> &Throttle<C> {
+        &self.throttle
+    }
+
+    /// Calls the work through the throttle: at once, after waiting for the window to end (this
+    /// call then blocks), or not at all when a pending deferred call covers this one.
+    ///
+    /// If the work panics, the panic propagates to this caller; the run was stamped before the
+    /// work started, so the throttle is unharmed. If a waiting caller panics or unwinds before
+    /// its run, the deferral is released and the next call claims it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{Outcome, Throttled};
+    /// # use std::time::Duration;
+    /// let job = Throttled::new(Duration::from_secs(60), || "sent");
+    /// assert_eq!(job.call(), Outcome::Now("sent"));
+    /// ```
+    pub fn call<R>(&self) -> Outcome<R>
+    where
+        F: Fn() -> R,
+    {
+        match self.throttle.admit() {
+            Admission::Now => Outcome::Now((self.work)()),
+            Admission::Deferred(deferral) => Outcome::Deferred(deferral.run(&self.work)),
+            Admission::Coalesced => Outcome::Coalesced,
+        }
+    }
+}
+
+impl<F, C: Clock> fmt::Debug for Throttled<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttled")
+            .field("throttle", &self.throttle)
+            .finish_non_exhaustive()
+    }
+}
