@@ -37,11 +37,10 @@ pub(crate) fn sleep(duration: Duration) {
     std::thread::sleep(duration);
 }
 
-/// One step of a busy wait: a CPU spin hint, or a yield under loom.
+/// One step of a busy wait. Only the real clock busy-waits; under loom every wait is a
+/// yield (see `sleep`), so a model can never spin unbounded.
+#[cfg(not(loom))]
 pub(crate) fn spin() {
-    #[cfg(loom)]
-    loom::thread::yield_now();
-    #[cfg(not(loom))]
     core::hint::spin_loop();
 }
 

@@ -492,7 +492,9 @@ impl<C: Clock> Throttle<C> {
         while !self.try_stamp(word) {
             // At least one tick: a deadline past the end of the clock's range never comes, and
             // a wait of zero would spin without letting a manual clock move.
-            let wait = self.remaining(word).max(Duration::from_nanos(state::TICK_NANOS));
+            let wait = self
+                .remaining(word)
+                .max(Duration::from_nanos(state::TICK_NANOS));
             self.inner.clock.sleep(wait);
         }
     }
@@ -505,7 +507,9 @@ impl<C: Clock> Throttle<C> {
         match sync::mutant() {
             Some(sync::Mutant::NoRelease) => return,
             Some(sync::Mutant::BlindRelease) => {
-                self.inner.state.fetch_and(!state::PENDING, Ordering::AcqRel);
+                self.inner
+                    .state
+                    .fetch_and(!state::PENDING, Ordering::AcqRel);
                 return;
             }
             _ => {}
@@ -530,7 +534,10 @@ impl<C: Clock> fmt::Debug for Throttle<C> {
             .field("threshold", &self.inner.threshold)
             .field("pending", &state::is_pending(word))
             .field("stamped", &(word & state::STAMPED != 0))
-            .field("last_stamp_nanos", &(state::stamp(word) << state::TICK_SHIFT))
+            .field(
+                "last_stamp_nanos",
+                &(state::stamp(word) << state::TICK_SHIFT),
+            )
             .field("generation", &state::generation(word))
             .finish_non_exhaustive()
     }

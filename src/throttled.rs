@@ -123,7 +123,10 @@ impl<F, C: Clock> Throttled<F, C> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn with_clock(threshold: Duration, clock: C, work: F) -> Result<Self, ThresholdError> {
-        Ok(Self::from_throttle(Throttle::with_clock(threshold, clock)?, work))
+        Ok(Self::from_throttle(
+            Throttle::with_clock(threshold, clock)?,
+            work,
+        ))
     }
 
     /// Wraps `work` in an existing throttle.

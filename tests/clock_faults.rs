@@ -36,9 +36,15 @@ fn a_deferral_claimed_behind_a_backward_step_waits_for_the_window() {
     let Admission::Deferred(deferral) = throttle.admit() else {
         panic!("expected Deferred")
     };
-    assert!(deferral.remaining() > T, "the step is not counted as elapsed time");
+    assert!(
+        deferral.remaining() > T,
+        "the step is not counted as elapsed time"
+    );
     let ran_at = deferral.run(|| clock.now_nanos());
-    assert!(ran_at >= stamp + T.as_nanos() as u64, "G1 after a backward step");
+    assert!(
+        ran_at >= stamp + T.as_nanos() as u64,
+        "G1 after a backward step"
+    );
     assert!(!throttle.is_pending());
 }
 

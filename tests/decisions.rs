@@ -81,7 +81,10 @@ fn the_window_ends_within_two_ticks_of_the_threshold() {
             elapsed += 1;
         }
         assert!(elapsed >= t, "ran {elapsed} ns after a run at {start} ns");
-        assert!(elapsed <= t + 2048, "ran {elapsed} ns after a run at {start} ns");
+        assert!(
+            elapsed <= t + 2048,
+            "ran {elapsed} ns after a run at {start} ns"
+        );
     }
 }
 

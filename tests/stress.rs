@@ -38,7 +38,8 @@ const RUN_FOR: Duration = Duration::from_millis(1500);
 
 #[test]
 fn eight_threads_keep_runs_apart_and_strand_nothing() {
-    let throttle = Arc::new(Throttle::with_clock(THRESHOLD, RecordingClock(DefaultClock::new())).unwrap());
+    let throttle =
+        Arc::new(Throttle::with_clock(THRESHOLD, RecordingClock(DefaultClock::new())).unwrap());
     let lost_cas = Arc::new(AtomicU64::new(0));
     let panics = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(THREADS));
@@ -51,8 +52,12 @@ fn eight_threads_keep_runs_apart_and_strand_nothing() {
 
     let threads: Vec<_> = (0..THREADS)
         .map(|id| {
-            let (throttle, lost_cas, panics, barrier) =
-                (throttle.clone(), lost_cas.clone(), panics.clone(), barrier.clone());
+            let (throttle, lost_cas, panics, barrier) = (
+                throttle.clone(),
+                lost_cas.clone(),
+                panics.clone(),
+                barrier.clone(),
+            );
             std::thread::spawn(move || {
                 let mut stamps = Vec::new();
                 let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ id as u64;
@@ -116,9 +121,15 @@ fn eight_threads_keep_runs_apart_and_strand_nothing() {
     // Quiescent: nobody owns a deferral, so none may be pending and no call is Coalesced.
     assert!(!throttle.is_pending(), "a deferral was stranded");
     assert!(!throttle.admit().is_coalesced());
-    assert!(panics.load(Relaxed) > 0, "no owner crashed: the test exercised nothing");
+    assert!(
+        panics.load(Relaxed) > 0,
+        "no owner crashed: the test exercised nothing"
+    );
     let lost = lost_cas.load(Relaxed);
-    assert!(lost > 0, "no CAS was ever lost: the threads did not contend");
+    assert!(
+        lost > 0,
+        "no CAS was ever lost: the threads did not contend"
+    );
     eprintln!(
         "{} runs, {} owner crashes, {lost} lost CASes",
         stamps.len(),

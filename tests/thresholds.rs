@@ -1,6 +1,6 @@
 //! SPEC G6: thresholds the word cannot represent are refused, never truncated.
 
-use atomic_throttle::{ManualClock, Throttle, ThresholdError, Throttled};
+use atomic_throttle::{ManualClock, ThresholdError, Throttle, Throttled};
 use std::time::Duration;
 
 #[test]
@@ -35,16 +35,25 @@ fn one_past_the_largest_threshold_is_refused() {
 
 #[test]
 fn thresholds_beyond_u64_nanoseconds_are_refused_too() {
-    for huge in [Duration::MAX, Duration::from_secs(u64::MAX / 1_000_000_000 + 1)] {
+    for huge in [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX / 1_000_000_000 + 1),
+    ] {
         let err: ThresholdError = Throttle::try_new(huge).unwrap_err();
-        assert_eq!(err.requested(), huge, "the error reports the request, not a truncation");
+        assert_eq!(
+            err.requested(),
+            huge,
+            "the error reports the request, not a truncation"
+        );
     }
 }
 
 #[test]
 fn the_error_says_what_was_wrong_and_what_the_limit_is() {
     let six_hundred_years = Duration::from_secs(600 * 31_557_600);
-    let text = Throttle::try_new(six_hundred_years).unwrap_err().to_string();
+    let text = Throttle::try_new(six_hundred_years)
+        .unwrap_err()
+        .to_string();
     assert!(text.contains("600 years"), "{text}");
     assert!(text.contains("largest representable threshold"), "{text}");
     assert!(text.contains("146 years"), "{text}");

@@ -1,1 +1,94 @@
+//! Support for the loom models in `tests/`: the models themselves use only the public API of
+//! `atomic-throttle`, as a downstream crate's loom tests would.
+//!
+//! Build and run them with `--cfg loom` (see `.ci/test`). Each model is a negative control for
+//! one or more deliberately broken variants of the crate, selected at run time with
+//! `ATOMIC_THROTTLE_MUTANT`: [`verify`] then asserts that the model fails.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// Runs `model` under loom and checks the outcome the active mutant calls for.
+///
+/// - No mutant: every interleaving must pass.
+/// - A mutant listed in `catches`: some interleaving must fail, or the model does not check
+///   what it claims.
+/// - Any other mutant: refused, so that a run cannot pass by checking nothing.
+///
+/// Prints how many executions loom explored and how long it took.
+pub fn verify<F>(name: &str, catches: &[&str], model: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let executions = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = {
+        let executions = executions.clone();
+        move || {
+            executions.fetch_add(1, Ordering::Relaxed);
+            model();
+        }
+    };
+    let started = Instant::now();
+    match std::env::var("ATOMIC_THROTTLE_MUTANT").ok() {
+        None => {
+            loom::model(counted);
+            eprintln!(
+                "{name}: passed {} executions in {:.2?}",
+                executions.load(Ordering::Relaxed),
+                started.elapsed()
+            );
+        }
+        Some(mutant) if catches.contains(&mutant.as_str()) => {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(counted)));
+            assert!(
+                outcome.is_err(),
+                "{name} passed against mutant {mutant}: it does not catch the bug it is about"
+            );
+            eprintln!(
+                "{name}: caught mutant {mutant} after {} executions in {:.2?}",
+                executions.load(Ordering::Relaxed),
+                started.elapsed()
+            );
+        }
+        Some(mutant) => panic!(
+            "{name} is not a negative control for mutant {mutant}; select its controls with a \
+             test name filter"
+        ),
+    }
+}
+
+/// Expects `model` to fail under loom: for a model that demonstrates a reordering the docs
+/// warn of. Refuses to run under a mutant.
+pub fn demonstrate_failure<F>(name: &str, model: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    assert!(
+        std::env::var("ATOMIC_THROTTLE_MUTANT").is_err(),
+        "{name} demonstrates documented behaviour and is no mutant's control"
+    );
+    let started = Instant::now();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(model)));
+    assert!(
+        outcome.is_err(),
+        "{name}: loom found no interleaving showing the documented reordering"
+    );
+    eprintln!(
+        "{name}: showed the documented reordering in {:.2?}",
+        started.elapsed()
+    );
+}
+
+/// Keeps the panics that the models cause on purpose out of the output.
+pub fn silence_expected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&"owner crashed") {
+                default(info);
+            }
+        }));
+    });
+}
