@@ -439,7 +439,7 @@ impl<C: Clock> Throttle<C> {
     /// (`u64::MAX` if it lies past the end of the clock's range).
     pub(crate) fn deadline_nanos(&self, word: u64) -> u64 {
         let tick = state::deadline_tick(word, self.inner.window);
-        tick.checked_mul(state::TICK_NANOS).unwrap_or(u64::MAX)
+        tick.saturating_mul(state::TICK_NANOS)
     }
 
     /// How long until the deadline of `word`'s deferral, zero once it has passed.
