@@ -101,6 +101,7 @@ struct Report {
     coalesced: u64,
     min_gap: Option<u64>,
     max_coalesced_wait: u64,
+    p99_coalesced_wait: u64,
     cost_p50: f64,
     cost_p99: f64,
     seconds: f64,
@@ -184,6 +185,7 @@ fn hammer(publisher: &dyn Publisher, runs: &Runs, threads: usize, seconds: f64) 
         ..Report::default()
     };
     let mut costs = Vec::new();
+    let mut waits = Vec::new();
     for tally in tallies {
         report.calls += tally.calls;
         report.leading += tally.leading;
@@ -192,10 +194,16 @@ fn hammer(publisher: &dyn Publisher, runs: &Runs, threads: usize, seconds: f64) 
         costs.extend(tally.costs);
         for mark in tally.first_coalesced {
             // The run that covers a Coalesced call is the first one stamped after it.
-            if let Some(&covering) = stamps.iter().find(|&&stamp| stamp > mark) {
-                report.max_coalesced_wait = report.max_coalesced_wait.max(covering - mark);
+            let covering = stamps.partition_point(|&stamp| stamp <= mark);
+            if let Some(&covering) = stamps.get(covering) {
+                waits.push(covering - mark);
             }
         }
+    }
+    waits.sort_unstable();
+    if let Some(&max) = waits.last() {
+        report.max_coalesced_wait = max;
+        report.p99_coalesced_wait = waits[waits.len() * 99 / 100];
     }
     costs.sort_by(f64::total_cmp);
     if !costs.is_empty() {
@@ -267,9 +275,16 @@ fn main() {
             .map_or("-".into(), |g| format!("{:.3} ms", g as f64 / 1e6))
     };
     print_row("smallest gap between two runs", gap(&a), gap(&m));
-    let wait = |r: &Report| format!("{:.3} ms", r.max_coalesced_wait as f64 / 1e6);
+    let wait = |r: &Report| {
+        let ms = |nanos: u64| nanos as f64 / 1e6;
+        format!(
+            "{:.3} / {:.3} ms",
+            ms(r.p99_coalesced_wait),
+            ms(r.max_coalesced_wait)
+        )
+    };
     print_row(
-        "longest wait, coalesced call to its run",
+        "coalesced call to its run, p99 / longest",
         wait(&a),
         wait(&m),
     );
