@@ -3,6 +3,7 @@
 use crate::clock::{Clock, DefaultClock};
 use crate::throttle::Throttle;
 use core::fmt;
+use core::future::Future;
 use core::mem;
 use core::time::Duration;
 use std::sync::Arc;
@@ -115,6 +116,71 @@ impl<'a, C: Clock> Deferral<'a, C> {
         self.throttle.stamp_when_due(self.word);
         f()
         // Dropping `self` tries to release `self.word`, which the stamp replaced: no effect.
+    }
+
+    /// Waits for the deadline on any executor's timer, then stamps the run; the caller runs
+    /// the work when the future completes.
+    ///
+    /// `sleep(d)` must return a future that completes after about `d`, such as
+    /// `tokio::time::sleep`, `async_io::Timer::after` (mapped to `()`), or a timer of your own
+    /// event loop. The future wakes again until the deadline has passed on the throttle's
+    /// clock, so a timer that fires early costs a retry, never an early run. With the `tokio`
+    /// feature, [`wait_async`](Deferral::wait_async) does this with tokio's timer.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes (a `select!` branch that lost, a timeout, an
+    /// aborted task) gives the deferral up, exactly as dropping the deferral does: the next
+    /// call claims a new one. Once the future has completed, the run is stamped and belongs to
+    /// the caller.
+    ///
+    /// # Examples
+    ///
+    /// Driving the wait from a hand-made executor whose timer blocks the thread:
+    ///
+    /// ```
+    /// use atomic_throttle::{Admission, Throttle};
+    /// use std::future::Future;
+    /// use std::sync::Arc;
+    /// use std::task::{Context, Poll, Wake, Waker};
+    /// use std::time::Duration;
+    ///
+    /// struct Unpark(std::thread::Thread);
+    /// impl Wake for Unpark {
+    ///     fn wake(self: Arc<Self>) {
+    ///         self.0.unpark();
+    ///     }
+    /// }
+    ///
+    /// fn block_on<F: Future>(future: F) -> F::Output {
+    ///     let mut future = std::pin::pin!(future);
+    ///     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    ///     loop {
+    ///         if let Poll::Ready(out) = future.as_mut().poll(&mut Context::from_waker(&waker)) {
+    ///             return out;
+    ///         }
+    ///         std::thread::park();
+    ///     }
+    /// }
+    ///
+    /// let throttle = Throttle::new(Duration::from_millis(2));
+    /// let _ = throttle.admit();
+    /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+    /// let timer = |wait: Duration| {
+    ///     std::thread::sleep(wait); // a real executor would register a timer here
+    ///     std::future::ready(())
+    /// };
+    /// block_on(deferral.wait_with(timer));
+    /// assert!(!throttle.is_pending()); // stamped: run the work now
+    /// ```
+    pub async fn wait_with<S, F>(self, sleep: S)
+    where
+        S: FnMut(Duration) -> F,
+        F: Future<Output = ()>,
+    {
+        self.throttle.stamp_when_due_async(self.word, sleep).await;
+        // `self` drops here; the stamp replaced its word, so the release changes nothing.
+        // Dropped earlier, with the future, it releases the deferral.
     }
 
     /// Runs `f` if the deadline has passed; otherwise hands the deferral back, for callers
@@ -275,6 +341,41 @@ impl<C: Clock> OwnedDeferral<C> {
     pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
         self.throttle.stamp_when_due(self.word);
         f()
+    }
+
+    /// See [`Deferral::wait_with`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes (a `select!` branch that lost, a timeout, an
+    /// aborted task) gives the deferral up, exactly as dropping the deferral does: the next
+    /// call claims a new one. Once the future has completed, the run is stamped and belongs to
+    /// the caller.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{ManualClock, OwnedAdmission, Throttle};
+    /// # use std::{future::Future, pin::pin, sync::Arc, task::{Context, Poll}, time::Duration};
+    /// let clock = ManualClock::new();
+    /// let throttle = Arc::new(Throttle::with_clock(Duration::from_millis(1), clock.clone())?);
+    /// let _ = throttle.admit_owned();
+    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
+    /// // A timer that fires at once after moving the manual clock on.
+    /// let mut wait = pin!(deferral.wait_with(|d| std::future::ready(clock.advance(d))));
+    /// # let waker = std::task::Waker::from(Arc::new(Noop));
+    /// # struct Noop;
+    /// # impl std::task::Wake for Noop { fn wake(self: Arc<Self>) {} }
+    /// assert!(wait.as_mut().poll(&mut Context::from_waker(&waker)).is_ready());
+    /// assert!(!throttle.is_pending());
+    /// # Ok::<(), atomic_throttle::ThresholdError>(())
+    /// ```
+    pub async fn wait_with<S, F>(self, sleep: S)
+    where
+        S: FnMut(Duration) -> F,
+        F: Future<Output = ()>,
+    {
+        self.throttle.stamp_when_due_async(self.word, sleep).await;
     }
 
     /// See [`Deferral::try_run`].

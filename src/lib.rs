@@ -54,9 +54,20 @@
 //!   earlier writes to the covering run, at the price of a write to the shared word on every
 //!   call. Both behaviours are checked under loom.
 //!
+//! # Async
+//!
+//! A deferral waits on any executor's timer with [`Deferral::wait_with`]: the future wakes
+//! until the deadline has passed, stamps the run and completes; dropping it first (a
+//! cancelled task, a lost `select!` branch) gives the deferral up, as dropping the deferral
+//! does. [`Deferral::try_run`] serves event loops that poll instead.
+//!
 //! # Features
 //!
-//! None yet. Under `cfg(loom)` the crate builds on loom's atomics, so code that uses it can be
+//! - `tokio` (off by default): `Deferral::wait_async` and `OwnedDeferral::wait_async` on
+//!   tokio's timer, `Throttled::call_async`, `AsyncThrottled` for async work, and
+//!   `TokioClock`, which follows tokio's paused test clock.
+//!
+//! Under `cfg(loom)` the crate builds on loom's atomics, so code that uses it can be
 //! model-checked; [`DefaultClock`] is then a virtual clock.
 //!
 //! # MSRV
@@ -70,6 +81,8 @@
     unreachable_pub
 )]
 
+#[cfg(feature = "tokio")]
+mod async_tokio;
 mod clock;
 mod deferral;
 mod error;
@@ -78,6 +91,8 @@ mod sync;
 mod throttle;
 mod throttled;
 
+#[cfg(feature = "tokio")]
+pub use crate::async_tokio::{AsyncThrottled, TokioClock};
 pub use crate::clock::{Clock, DefaultClock, ManualClock};
 pub use crate::deferral::{Deferral, OwnedAdmission, OwnedDeferral};
 pub use crate::error::ThresholdError;

@@ -6,6 +6,7 @@ use crate::error::ThresholdError;
 use crate::state::{self, Decision};
 use crate::sync::{self, AtomicU64, Ordering};
 use core::fmt;
+use core::future::Future;
 use core::time::Duration;
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
@@ -490,13 +491,27 @@ impl<C: Clock> Throttle<C> {
     /// Waits until the deadline of `word`'s deferral, then stamps its run.
     pub(crate) fn stamp_when_due(&self, word: u64) {
         while !self.try_stamp(word) {
-            // At least one tick: a deadline past the end of the clock's range never comes, and
-            // a wait of zero would spin without letting a manual clock move.
-            let wait = self
-                .remaining(word)
-                .max(Duration::from_nanos(state::TICK_NANOS));
-            self.inner.clock.sleep(wait);
+            self.inner.clock.sleep(self.next_wait(word));
         }
+    }
+
+    /// Like `stamp_when_due`, waiting on the futures that `sleep` returns instead of blocking.
+    pub(crate) async fn stamp_when_due_async<S, F>(&self, word: u64, mut sleep: S)
+    where
+        S: FnMut(Duration) -> F,
+        F: Future<Output = ()>,
+    {
+        while !self.try_stamp(word) {
+            sleep(self.next_wait(word)).await;
+        }
+    }
+
+    /// How long a deferral that is not due yet waits before it tries again: until its
+    /// deadline, and at least one tick, since a deadline past the end of the clock's range
+    /// never comes and a wait of zero would spin without letting a manual clock move.
+    fn next_wait(&self, word: u64) -> Duration {
+        self.remaining(word)
+            .max(Duration::from_nanos(state::TICK_NANOS))
     }
 
     /// Gives up the deferral whose owner installed `word`: clears "pending" only if the word is

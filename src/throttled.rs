@@ -157,6 +157,12 @@ impl<F, C: Clock> Throttled<F, C> {
         &self.throttle
     }
 
+    /// The work.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn work(&self) -> &F {
+        &self.work
+    }
+
     /// Calls the work through the throttle: at once, after waiting for the window to end (this
     /// call then blocks), or not at all when a pending deferred call covers this one.
     ///

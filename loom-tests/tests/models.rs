@@ -357,3 +357,53 @@ fn model_8_clock_steps_backwards() {
         assert!(ran_at >= Duration::from_millis(100).as_nanos() as u64 + T.as_nanos() as u64);
     });
 }
+
+/// Model 9: the crate's own async wait (`wait_with`, which the `tokio` feature's `wait_async`
+/// is built on) is polled once, parks on its timer, and is dropped mid-wait while two callers
+/// admit. Nothing is stranded, and a caller that claims the deferral afterwards completes its
+/// own `wait_with` (driven by loom's `block_on`) at the deadline.
+#[test]
+fn model_9_wait_with_cancelled_mid_wait() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    /// A timer that never fires: the wait stays parked until it is dropped.
+    struct Parked;
+    impl Future for Parked {
+        type Output = ();
+        fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+    }
+
+    verify("model 9", &["no_release"], || {
+        let (throttle, clock, owner) = with_owner();
+        let canceller = thread::spawn(move || {
+            let mut wait = Box::pin(owner.wait_with(|_| Parked));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            drop(wait); // cancelled while parked on its timer
+        });
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                let (throttle, clock) = (throttle.clone(), clock.clone());
+                thread::spawn(move || match throttle.admit_owned() {
+                    OwnedAdmission::Now => panic!("G1: a run inside the window"),
+                    OwnedAdmission::Deferred(deferral) => {
+                        let deadline = deferral.deadline();
+                        // A timer that fires at once, after moving the manual clock on.
+                        let timer = |wait| std::future::ready(clock.advance(wait));
+                        loom::future::block_on(deferral.wait_with(timer));
+                        assert!(clock.now_nanos() >= deadline);
+                    }
+                    OwnedAdmission::Coalesced => {}
+                })
+            })
+            .collect();
+        canceller.join().unwrap();
+        for caller in callers {
+            caller.join().unwrap();
+        }
+        assert_not_stranded(&throttle);
+    });
+}
