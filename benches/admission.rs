@@ -14,7 +14,7 @@
 #[path = "support/neutron_mutex.rs"]
 mod neutron_mutex;
 
-use atomic_throttle::{Admission, DefaultClock, Throttle};
+use atomic_throttle::{Admission, DefaultClock, Detached, Dispatch, LeadingRun, Throttle};
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion};
 use governor::{Quota, RateLimiter};
 use neutron_mutex::{MutexAnswer, NeutronMutex};
@@ -329,6 +329,48 @@ fn lateness() {
             pct(100)
         );
     }
+    detached_lateness(THRESHOLD, RUNS);
+}
+
+/// The same for a `Detached` throttle's timer thread: how long after the window ends (a
+/// threshold after the leading run's start) the deferred run starts.
+fn detached_lateness(threshold: Duration, runs: usize) {
+    let clock = DefaultClock::new();
+    let starts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let job = Detached::builder(Throttle::new(threshold))
+        .leading_run(LeadingRun::Inline)
+        .spawn({
+            let starts = starts.clone();
+            move || {
+                starts
+                    .lock()
+                    .unwrap()
+                    .push(atomic_throttle::Clock::now_nanos(&clock))
+            }
+        })
+        .unwrap();
+    let mut late = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        std::thread::sleep(threshold * 2); // let the last window end
+        starts.lock().unwrap().clear();
+        assert_eq!(job.call(), Dispatch::Now);
+        assert_eq!(job.call(), Dispatch::Deferred);
+        while starts.lock().unwrap().len() < 2 {
+            std::thread::yield_now();
+        }
+        let starts = starts.lock().unwrap();
+        let deadline = starts[0] + threshold.as_nanos() as u64;
+        late.push(starts[1].saturating_sub(deadline));
+    }
+    late.sort_unstable();
+    let pct = |p: usize| Duration::from_nanos(late[(late.len() - 1) * p / 100]);
+    println!(
+        "  {:<12} {:>10.1?} {:>10.1?} {:>10.1?}   (Detached timer thread, default spin)",
+        format!("{:?}", DefaultClock::DEFAULT_SPIN),
+        pct(50),
+        pct(99),
+        pct(100)
+    );
 }
 
 criterion_group! {

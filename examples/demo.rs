@@ -2,13 +2,18 @@
 //! fix proposed for Neutron's throttler, and compares.
 //!
 //! ```text
-//! cargo run --release --example demo [-- --threads N --threshold-us N --seconds N]
+//! cargo run --release --example demo [-- --threads N --threshold-us N --seconds N --detached]
 //! ```
+//!
+//! With `--detached`, the publisher is a `Detached` throttle: deferred runs happen on its
+//! timer thread and no caller ever waits.
 
 #[path = "../benches/support/neutron_mutex.rs"]
 mod neutron_mutex;
 
-use atomic_throttle::{Clock, DefaultClock, Outcome, Throttled};
+use atomic_throttle::{
+    Clock, DefaultClock, Detached, Dispatch, LeadingRun, Outcome, Throttle, Throttled,
+};
 use neutron_mutex::{MutexAnswer, NeutronMutex};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -74,6 +79,16 @@ impl<F: Fn() + Sync> Publisher for Throttled<F, StampClock> {
             Outcome::Now(()) => Answer::Now,
             Outcome::Deferred(()) => Answer::Deferred,
             Outcome::Coalesced => Answer::Coalesced,
+        }
+    }
+}
+
+impl<F: Fn() + Send + Sync + 'static> Publisher for Detached<F, StampClock> {
+    fn call(&self) -> Answer {
+        match Detached::call(self) {
+            Dispatch::Now => Answer::Now,
+            Dispatch::Deferred => Answer::Deferred,
+            Dispatch::Coalesced => Answer::Coalesced,
         }
     }
 }
@@ -221,6 +236,7 @@ fn main() {
     let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut threshold_us = 1000u64;
     let mut seconds = 3.0f64;
+    let mut detached = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -235,6 +251,7 @@ fn main() {
                     .unwrap_or_else(|_| usage("bad --threshold-us"))
             }
             "--seconds" => seconds = value().parse().unwrap_or_else(|_| usage("bad --seconds")),
+            "--detached" => detached = true,
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -246,13 +263,27 @@ fn main() {
     let clock = StampClock(DefaultClock::new());
 
     println!(
-        "atomic-throttle demo: {threads} threads hammer one publisher for {seconds} s each, \
-         threshold {threshold:?}\n"
+        "atomic-throttle demo: {threads} threads hammer one {} publisher for {seconds} s each, \
+         threshold {threshold:?}\n",
+        if detached { "detached" } else { "throttled" }
     );
-    let atomic_runs = Runs::default();
-    let atomic = Throttled::with_clock(threshold, clock, || atomic_runs.record())
-        .unwrap_or_else(|err| usage(&err.to_string()));
-    let a = hammer(&atomic, &atomic_runs, threads, seconds);
+    let throttle =
+        Throttle::with_clock(threshold, clock).unwrap_or_else(|err| usage(&err.to_string()));
+    let atomic_runs: &'static Runs = Box::leak(Box::default());
+    let a = if detached {
+        // Leading runs inline, so that every run's work reads its own stamp; deferred runs on
+        // the timer thread.
+        let publisher = Detached::builder(throttle)
+            .leading_run(LeadingRun::Inline)
+            .spawn(|| atomic_runs.record())
+            .unwrap_or_else(|err| usage(&format!("cannot start the timer thread: {err}")));
+        let report = hammer(&publisher, atomic_runs, threads, seconds);
+        drop(publisher); // runs the last pending deferral, joins the timer thread
+        report
+    } else {
+        let publisher = Throttled::from_throttle(throttle, || atomic_runs.record());
+        hammer(&publisher, atomic_runs, threads, seconds)
+    };
 
     let mutex_runs = Runs::default();
     let mutex = MutexPublisher {
@@ -319,7 +350,8 @@ fn usage(problem: &str) -> ! {
         eprintln!("demo: {problem}");
     }
     eprintln!(
-        "usage: cargo run --release --example demo [-- --threads N --threshold-us N --seconds N]"
+        "usage: cargo run --release --example demo \
+         [-- --threads N --threshold-us N --seconds N --detached]"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 })
 }

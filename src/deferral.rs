@@ -362,7 +362,11 @@ impl<C: Clock> OwnedDeferral<C> {
     /// let _ = throttle.admit_owned();
     /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
     /// // A timer that fires at once after moving the manual clock on.
-    /// let mut wait = pin!(deferral.wait_with(|d| std::future::ready(clock.advance(d))));
+    /// let timer = |d| {
+    ///     clock.advance(d);
+    ///     std::future::ready(())
+    /// };
+    /// let mut wait = pin!(deferral.wait_with(timer));
     /// # let waker = std::task::Waker::from(Arc::new(Noop));
     /// # struct Noop;
     /// # impl std::task::Wake for Noop { fn wake(self: Arc<Self>) {} }

@@ -16,7 +16,8 @@
 //! The first call with no run in the last threshold runs at once; the first call inside the
 //! window becomes the single *deferred* call, which runs when the window ends; calls while it
 //! is pending are *coalesced* into it. [`Throttled`] wraps a function the way Neutron's
-//! `throttler` decorator does.
+//! `throttler` decorator does; [`Detached`] runs the deferred call on its own timer thread,
+//! so that no caller ever waits.
 //!
 //! # Guarantees
 //!
@@ -85,6 +86,7 @@
 mod async_tokio;
 mod clock;
 mod deferral;
+mod detached;
 mod error;
 mod state;
 mod sync;
@@ -95,6 +97,7 @@ mod throttled;
 pub use crate::async_tokio::{AsyncThrottled, TokioClock};
 pub use crate::clock::{Clock, DefaultClock, ManualClock};
 pub use crate::deferral::{Deferral, OwnedAdmission, OwnedDeferral};
+pub use crate::detached::{Detached, DetachedBuilder, Dispatch, LeadingRun, Shutdown};
 pub use crate::error::ThresholdError;
 pub use crate::throttle::{Admission, Throttle};
 pub use crate::throttled::{Outcome, Throttled};

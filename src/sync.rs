@@ -9,10 +9,17 @@ pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(loom)]
 pub(crate) use loom::sync::Arc;
 
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::AtomicBool;
+#[cfg(loom)]
+pub(crate) use loom::thread::{park, Builder as ThreadBuilder, JoinHandle, Thread};
+
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
+#[cfg(not(loom))]
+pub(crate) use std::thread::{park, Builder as ThreadBuilder, JoinHandle, Thread};
 
 use core::time::Duration;
 
@@ -64,6 +71,8 @@ pub(crate) enum Mutant {
     Relaxed,
     /// Elapsed time is a wrapping subtraction, so a clock step backwards looks like a long wait.
     WrappingElapsed,
+    /// A detached throttle's caller hands a deferral to the timer thread without waking it.
+    NoUnpark,
 }
 
 #[cfg(loom)]
@@ -78,9 +87,10 @@ pub(crate) fn mutant() -> Option<Mutant> {
             "blind_release" => Mutant::BlindRelease,
             "relaxed" => Mutant::Relaxed,
             "wrapping_elapsed" => Mutant::WrappingElapsed,
+            "no_unpark" => Mutant::NoUnpark,
             other => panic!(
                 "ATOMIC_THROTTLE_MUTANT={other:?} names no mutant; expected one of load_store, \
-                 split_stamp, no_release, blind_release, relaxed, wrapping_elapsed"
+                 split_stamp, no_release, blind_release, relaxed, wrapping_elapsed, no_unpark"
             ),
         })
     })

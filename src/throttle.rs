@@ -384,7 +384,7 @@ impl<C: Clock> Throttle<C> {
     }
 
     #[inline(always)]
-    fn load(&self, ordering: Ordering) -> u64 {
+    pub(crate) fn load(&self, ordering: Ordering) -> u64 {
         self.inner.state.load(sync::ordering(ordering))
     }
 
@@ -509,7 +509,7 @@ impl<C: Clock> Throttle<C> {
     /// How long a deferral that is not due yet waits before it tries again: until its
     /// deadline, and at least one tick, since a deadline past the end of the clock's range
     /// never comes and a wait of zero would spin without letting a manual clock move.
-    fn next_wait(&self, word: u64) -> Duration {
+    pub(crate) fn next_wait(&self, word: u64) -> Duration {
         self.remaining(word)
             .max(Duration::from_nanos(state::TICK_NANOS))
     }

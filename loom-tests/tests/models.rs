@@ -392,7 +392,10 @@ fn model_9_wait_with_cancelled_mid_wait() {
                     OwnedAdmission::Deferred(deferral) => {
                         let deadline = deferral.deadline();
                         // A timer that fires at once, after moving the manual clock on.
-                        let timer = |wait| std::future::ready(clock.advance(wait));
+                        let timer = |wait| {
+                            clock.advance(wait);
+                            std::future::ready(())
+                        };
                         loom::future::block_on(deferral.wait_with(timer));
                         assert!(clock.now_nanos() >= deadline);
                     }
@@ -405,5 +408,60 @@ fn model_9_wait_with_cancelled_mid_wait() {
             caller.join().unwrap();
         }
         assert_not_stranded(&throttle);
+    });
+}
+
+/// Model 10: the detached throttle's hand-off. Two callers race inside the window: one hands
+/// its deferral to the timer thread (a loom thread, parked while idle), the other is
+/// Coalesced. The timer thread must wake, wait out the deadline and run the work, with no
+/// shutdown to nudge it: the main thread yields until the run has happened. (It cannot park
+/// for the run to unpark it: loom's `unpark` also wakes a thread blocked in `join`.)
+#[test]
+fn model_10_detached_hand_off_to_the_timer_thread() {
+    use atomic_throttle::{Detached, Dispatch, LeadingRun};
+    use std::sync::atomic::Ordering::SeqCst;
+
+    verify("model 10", &["no_unpark"], || {
+        let clock = ManualClock::new();
+        let runs = Arc::new(AtomicU32::new(0));
+        let job = Detached::builder(Throttle::with_clock(T, clock.clone()).unwrap())
+            .leading_run(LeadingRun::Inline)
+            .spawn({
+                let runs = runs.clone();
+                move || {
+                    runs.fetch_add(1, SeqCst);
+                }
+            })
+            .unwrap();
+        let job = Arc::new(job);
+        assert_eq!(job.call(), Dispatch::Now);
+        let caller = {
+            let job = job.clone();
+            thread::spawn(move || job.call())
+        };
+        let mine = job.call();
+        let theirs = caller.join().unwrap();
+        // Inside the window: one of them claims the deferral; the other is Coalesced into it,
+        // or, if the timer thread already ran it, claims the next one.
+        assert!(
+            mine != Dispatch::Now && theirs != Dispatch::Now,
+            "G1: a run inside the window"
+        );
+        assert!(mine == Dispatch::Deferred || theirs == Dispatch::Deferred);
+        let deferred = [mine, theirs]
+            .iter()
+            .filter(|a| **a == Dispatch::Deferred)
+            .count();
+        // Covered without a shutdown: the timer thread runs each deferral on its own.
+        let expected = 1 + deferred as u32;
+        while runs.load(SeqCst) < expected {
+            thread::yield_now();
+        }
+        assert!(
+            clock.now_nanos() >= T.as_nanos() as u64,
+            "ran before the deadline"
+        );
+        drop(Arc::into_inner(job).expect("the caller is done")); // joins the timer thread
+        assert_eq!(runs.load(SeqCst), expected, "a run too many");
     });
 }
