@@ -113,6 +113,58 @@ fn model_2_owner_runs_while_others_admit() {
     });
 }
 
+/// The departing owner runs on one thread while two callers admit on two others. Neither
+/// caller may run inside the window; one that claims the deferral after the owner left runs
+/// it with `run_new_owner`, which returns the clock's reading at the run, no earlier than the
+/// deadline. Afterwards nothing may be stranded (G2).
+fn owner_departs_while_two_callers_admit(
+    throttle: Arc<Throttle<ManualClock>>,
+    clock: ManualClock,
+    departing: impl FnOnce() + Send + 'static,
+    run_new_owner: fn(OwnedDeferral<ManualClock>, ManualClock) -> u64,
+) {
+    let departing = thread::spawn(departing);
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (throttle, clock) = (throttle.clone(), clock.clone());
+            thread::spawn(move || match throttle.admit_owned() {
+                OwnedAdmission::Now => panic!("G1: a run inside the window"),
+                OwnedAdmission::Deferred(deferral) => {
+                    let deadline = deferral.deadline();
+                    assert!(
+                        run_new_owner(deferral, clock) >= deadline,
+                        "ran before its deadline"
+                    );
+                }
+                OwnedAdmission::Coalesced => {}
+            })
+        })
+        .collect();
+    departing.join().unwrap();
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    assert_not_stranded(&throttle);
+}
+
+/// A future that is pending once, then ready: an await point, as a timer's would be.
+struct AwaitPoint(bool);
+
+impl std::future::Future for AwaitPoint {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            std::task::Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
 /// Model 3: the owner panics while two callers admit. Afterwards nothing is stranded, and a
 /// caller that claimed the deferral after the release can run it.
 #[test]
@@ -120,32 +172,16 @@ fn model_3_owner_panics() {
     silence_expected_panics();
     verify("model 3", &["no_release"], || {
         let (throttle, clock, owner) = with_owner();
-        let crasher = thread::spawn(move || {
+        let crash = move || {
             let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                 let _owner = owner;
                 panic!("owner crashed");
             }));
             assert!(crashed.is_err());
+        };
+        owner_departs_while_two_callers_admit(throttle, clock, crash, |deferral, clock| {
+            deferral.run(|| clock.now_nanos())
         });
-        let callers: Vec<_> = (0..2)
-            .map(|_| {
-                let (throttle, clock) = (throttle.clone(), clock.clone());
-                thread::spawn(move || match throttle.admit() {
-                    Admission::Now => panic!("G1: a run inside the window"),
-                    // A new owner after the release: it can run.
-                    Admission::Deferred(deferral) => {
-                        let deadline = deferral.deadline();
-                        assert!(deferral.run(|| clock.now_nanos()) >= deadline);
-                    }
-                    Admission::Coalesced => {}
-                })
-            })
-            .collect();
-        crasher.join().unwrap();
-        for caller in callers {
-            caller.join().unwrap();
-        }
-        assert_not_stranded(&throttle);
     });
 }
 
@@ -155,26 +191,11 @@ fn model_3_owner_panics() {
 #[test]
 fn model_4_owner_future_cancelled() {
     use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
-
-    /// Pending once, then ready: an await point, as a timer's would be.
-    struct AwaitPoint(bool);
-    impl Future for AwaitPoint {
-        type Output = ();
-        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            if std::mem::replace(&mut self.0, true) {
-                Poll::Ready(())
-            } else {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        }
-    }
+    use std::task::{Context, Waker};
 
     verify("model 4", &["no_release"], || {
         let (throttle, clock, owner) = with_owner();
-        let canceller = thread::spawn(move || {
+        let cancel = move || {
             let mut task = Box::pin(async move {
                 let owner = owner;
                 AwaitPoint(false).await;
@@ -183,29 +204,13 @@ fn model_4_owner_future_cancelled() {
             let mut cx = Context::from_waker(Waker::noop());
             assert!(task.as_mut().poll(&mut cx).is_pending());
             drop(task); // cancelled mid-wait
-        });
-        let callers: Vec<_> = (0..2)
-            .map(|_| {
-                let (throttle, clock) = (throttle.clone(), clock.clone());
-                thread::spawn(move || match throttle.admit_owned() {
-                    OwnedAdmission::Now => panic!("G1: a run inside the window"),
-                    OwnedAdmission::Deferred(deferral) => {
-                        let deadline = deferral.deadline();
-                        let ran_at = loom::future::block_on(pin!(async move {
-                            AwaitPoint(false).await;
-                            deferral.run(|| clock.now_nanos())
-                        }));
-                        assert!(ran_at >= deadline);
-                    }
-                    OwnedAdmission::Coalesced => {}
-                })
+        };
+        owner_departs_while_two_callers_admit(throttle, clock, cancel, |deferral, clock| {
+            loom::future::block_on(async move {
+                AwaitPoint(false).await;
+                deferral.run(|| clock.now_nanos())
             })
-            .collect();
-        canceller.join().unwrap();
-        for caller in callers {
-            caller.join().unwrap();
-        }
-        assert_not_stranded(&throttle);
+        });
     });
 }
 
@@ -378,36 +383,21 @@ fn model_9_wait_with_cancelled_mid_wait() {
 
     verify("model 9", &["no_release"], || {
         let (throttle, clock, owner) = with_owner();
-        let canceller = thread::spawn(move || {
+        let cancel = move || {
             let mut wait = Box::pin(owner.wait_with(|_| Parked));
             let mut cx = Context::from_waker(Waker::noop());
             assert!(wait.as_mut().poll(&mut cx).is_pending());
             drop(wait); // cancelled while parked on its timer
+        };
+        owner_departs_while_two_callers_admit(throttle, clock, cancel, |deferral, clock| {
+            // A timer that fires at once, after moving the manual clock on.
+            let timer = |wait| {
+                clock.advance(wait);
+                std::future::ready(())
+            };
+            loom::future::block_on(deferral.wait_with(timer));
+            clock.now_nanos()
         });
-        let callers: Vec<_> = (0..2)
-            .map(|_| {
-                let (throttle, clock) = (throttle.clone(), clock.clone());
-                thread::spawn(move || match throttle.admit_owned() {
-                    OwnedAdmission::Now => panic!("G1: a run inside the window"),
-                    OwnedAdmission::Deferred(deferral) => {
-                        let deadline = deferral.deadline();
-                        // A timer that fires at once, after moving the manual clock on.
-                        let timer = |wait| {
-                            clock.advance(wait);
-                            std::future::ready(())
-                        };
-                        loom::future::block_on(deferral.wait_with(timer));
-                        assert!(clock.now_nanos() >= deadline);
-                    }
-                    OwnedAdmission::Coalesced => {}
-                })
-            })
-            .collect();
-        canceller.join().unwrap();
-        for caller in callers {
-            caller.join().unwrap();
-        }
-        assert_not_stranded(&throttle);
     });
 }
 
