@@ -10,39 +10,20 @@
 
 #[path = "../benches/support/neutron_mutex.rs"]
 mod neutron_mutex;
+#[path = "../tests/support/stamp_clock.rs"]
+mod stamp_clock;
 
 use atomic_throttle::{
     Clock, DefaultClock, Detached, Dispatch, LeadingRun, Outcome, Throttle, Throttled,
 };
 use neutron_mutex::{MutexAnswer, NeutronMutex};
-use std::cell::Cell;
+use stamp_clock::{last_reading, StampClock};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 /// Calls timed together; one pair of clock reads costs more than an admission.
 const BATCH: u64 = 32;
-
-thread_local! {
-    /// This thread's last clock reading. Read inside the work, it is the reading the throttle
-    /// stamped the run with: the work starts right after the stamp, with no reading between.
-    static LAST_READING: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The default clock, remembering each thread's last reading.
-#[derive(Clone, Copy)]
-struct StampClock(DefaultClock);
-
-impl Clock for StampClock {
-    fn now_nanos(&self) -> u64 {
-        let now = self.0.now_nanos();
-        LAST_READING.with(|last| last.set(now));
-        now
-    }
-    fn sleep(&self, duration: Duration) {
-        self.0.sleep(duration)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
@@ -65,10 +46,7 @@ struct Runs {
 
 impl Runs {
     fn record(&self) {
-        self.stamps
-            .lock()
-            .unwrap()
-            .push(LAST_READING.with(Cell::get));
+        self.stamps.lock().unwrap().push(last_reading());
         self.count.fetch_add(1, Relaxed);
     }
 }

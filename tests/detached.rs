@@ -1,30 +1,14 @@
 //! The detached throttle: callers never wait, deferred runs happen on its timer thread.
 
 use atomic_throttle::{Clock, DefaultClock, Detached, Dispatch, LeadingRun, Shutdown, Throttle};
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-thread_local! {
-    /// This thread's last clock reading: inside a run, the reading the throttle stamped.
-    static LAST_READING: Cell<u64> = const { Cell::new(0) };
-}
+#[path = "support/stamp_clock.rs"]
+mod stamp_clock;
 
-/// The default clock, remembering each thread's last reading.
-#[derive(Clone, Copy)]
-struct StampClock(DefaultClock);
-
-impl Clock for StampClock {
-    fn now_nanos(&self) -> u64 {
-        let now = self.0.now_nanos();
-        LAST_READING.with(|last| last.set(now));
-        now
-    }
-    fn sleep(&self, duration: Duration) {
-        self.0.sleep(duration)
-    }
-}
+use stamp_clock::{last_reading, StampClock};
 
 /// Stamps of every run, recorded by the work.
 #[derive(Clone, Default)]
@@ -32,7 +16,7 @@ struct Stamps(Arc<Mutex<Vec<u64>>>);
 
 impl Stamps {
     fn record(&self) {
-        self.0.lock().unwrap().push(LAST_READING.with(Cell::get));
+        self.0.lock().unwrap().push(last_reading());
     }
     fn len(&self) -> usize {
         self.0.lock().unwrap().len()

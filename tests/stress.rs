@@ -1,36 +1,15 @@
 //! Eight threads on the real clock, owners that randomly run, give up or panic: G1 on every
 //! recorded stamp, no stranded deferral once they stop, and proof that CAS contention happened.
 
-use atomic_throttle::{Admission, Clock, DefaultClock, Throttle};
-use std::cell::Cell;
+use atomic_throttle::{Admission, DefaultClock, Throttle};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-thread_local! {
-    /// The last reading this thread took: right after a Now answer or inside a deferred run,
-    /// it is the reading the throttle stamped.
-    static LAST_READING: Cell<u64> = const { Cell::new(0) };
-}
+#[path = "support/stamp_clock.rs"]
+mod stamp_clock;
 
-/// The default clock, remembering each thread's last reading.
-#[derive(Clone, Copy)]
-struct RecordingClock(DefaultClock);
-
-impl Clock for RecordingClock {
-    fn now_nanos(&self) -> u64 {
-        let now = self.0.now_nanos();
-        LAST_READING.with(|last| last.set(now));
-        now
-    }
-    fn sleep(&self, duration: Duration) {
-        self.0.sleep(duration)
-    }
-}
-
-fn last_reading() -> u64 {
-    LAST_READING.with(Cell::get)
-}
+use stamp_clock::{last_reading, StampClock};
 
 const THREADS: usize = 8;
 const THRESHOLD: Duration = Duration::from_micros(50);
@@ -39,7 +18,7 @@ const RUN_FOR: Duration = Duration::from_millis(1500);
 #[test]
 fn eight_threads_keep_runs_apart_and_strand_nothing() {
     let throttle =
-        Arc::new(Throttle::with_clock(THRESHOLD, RecordingClock(DefaultClock::new())).unwrap());
+        Arc::new(Throttle::with_clock(THRESHOLD, StampClock(DefaultClock::new())).unwrap());
     let lost_cas = Arc::new(AtomicU64::new(0));
     let panics = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(THREADS));
