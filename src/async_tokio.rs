@@ -3,7 +3,6 @@
 
 use crate::clock::{nanos_saturating, Clock, DefaultClock};
 use crate::deferral::{Deferral, OwnedDeferral};
-use crate::error::ThresholdError;
 use crate::throttle::{Admission, Throttle};
 use crate::throttled::{Outcome, Throttled};
 use core::fmt;
@@ -217,40 +216,22 @@ impl<F> AsyncThrottled<F> {
 }
 
 impl<F, C: Clock> AsyncThrottled<F, C> {
-    /// Wraps `work` in a throttle reading time from `clock`.
-    ///
-    /// # Errors
-    ///
-    /// [`ThresholdError`] if `threshold` exceeds [`Throttle::MAX_THRESHOLD`].
+    /// Wraps `work` in an existing throttle: for a fallible threshold
+    /// ([`Throttle::try_new`]) or another clock ([`Throttle::with_clock`], such as
+    /// [`TokioClock`] on tokio's paused test clock).
     ///
     /// # Examples
     ///
     /// ```
-    /// # use atomic_throttle::{AsyncThrottled, TokioClock};
+    /// # use atomic_throttle::{AsyncThrottled, Throttle, TokioClock};
     /// # use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), atomic_throttle::ThresholdError> {
-    /// let job = AsyncThrottled::with_clock(Duration::from_secs(1), TokioClock::new(), || async {})?;
-    /// # let _ = job;
+    /// let throttle = Throttle::with_clock(Duration::from_secs(1), TokioClock::new())?;
+    /// let job = AsyncThrottled::from_throttle(throttle, || async {});
+    /// assert!(!job.throttle().is_pending());
     /// # Ok(())
     /// # }
-    /// ```
-    pub fn with_clock(threshold: Duration, clock: C, work: F) -> Result<Self, ThresholdError> {
-        Ok(Self::from_throttle(
-            Throttle::with_clock(threshold, clock)?,
-            work,
-        ))
-    }
-
-    /// Wraps `work` in an existing throttle.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::{AsyncThrottled, Throttle};
-    /// # use std::time::Duration;
-    /// let job = AsyncThrottled::from_throttle(Throttle::new(Duration::from_secs(1)), || async {});
-    /// assert!(!job.throttle().is_pending());
     /// ```
     pub fn from_throttle(throttle: Throttle<C>, work: F) -> Self {
         Self { throttle, work }

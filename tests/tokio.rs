@@ -115,15 +115,15 @@ async fn aborting_the_owning_task_releases_the_deferral() {
 async fn cancelling_during_the_async_work_never_runs_it_twice() {
     let runs = Runs::default();
     let finished = Arc::new(AtomicU32::new(0));
-    let job = AsyncThrottled::with_clock(T, TokioClock::new(), || {
+    let throttle = Throttle::with_clock(T, TokioClock::new()).unwrap();
+    let job = AsyncThrottled::from_throttle(throttle, || {
         let (runs, finished) = (runs.clone(), finished.clone());
         async move {
             runs.record();
             sleep(T / 4).await; // the work's own await point
             finished.fetch_add(1, Relaxed);
         }
-    })
-    .unwrap();
+    });
     // t = 0: the leading run, which finishes at T/4.
     assert_eq!(job.call().await, Outcome::Now(()));
 
