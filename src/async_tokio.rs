@@ -254,6 +254,9 @@ impl<F, C: Clock> AsyncThrottled<F, C> {
     /// Calls the work through the throttle: at once, after awaiting the end of the window, or
     /// not at all when a pending deferred call covers this one.
     ///
+    /// As with [`Throttled::call`], a Coalesced call's earlier writes are not guaranteed to be
+    /// visible to the run that covers it.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future never runs the work twice and never strands the deferral:

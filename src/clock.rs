@@ -116,10 +116,11 @@ impl Default for DefaultClock {
 impl DefaultClock {
     /// How long before a deadline a waiting deferral stops sleeping and busy-waits.
     ///
-    /// An OS sleep overshoots by tens of microseconds (about 70 us on the machine the crate's
-    /// benches ran on), so a spin shorter than that buys nothing; 100 us brought the median
-    /// lateness of a deferred run from about 94 us to under 1 us there, for at most 100 us of
-    /// busy-waiting per deferred run (about 25 us in practice, as the sleep overshoots into it).
+    /// An OS sleep overshoots by tens of microseconds (70 to 100 us on the machine the crate's
+    /// benches ran on), so a spin shorter than that buys little; 100 us brought the median
+    /// lateness of a deferred run from about 100 us to under 1 us there (see the README's
+    /// Performance section), for at most 100 us of busy-waiting per wait, less in practice, as
+    /// the sleep overshoots into it.
     pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
     /// Returns the process's clock, calibrating it if this is its first use.

@@ -100,6 +100,11 @@ impl<'a, C: Clock> Deferral<'a, C> {
     /// passed. The stamp comes before `f`, so a panic in `f` strands nothing: the window has
     /// already moved on.
     ///
+    /// A deadline past the end of the clock's range ([`deadline`](Deferral::deadline) is
+    /// `u64::MAX`: only a clock that jumped close to 584 years past its origin gets there)
+    /// never comes, and `run` then waits forever; [`try_run`](Deferral::try_run) answers
+    /// "not yet" instead.
+    ///
     /// # Examples
     ///
     /// ```

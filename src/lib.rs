@@ -30,9 +30,12 @@
 //!    after the state that call saw.
 //! 4. **Progress.** Admission never blocks, allocates or panics, and is lock-free: a failed
 //!    compare-and-swap means another caller's succeeded.
-//! 5. **Clock faults.** A clock that steps backwards counts the step as no time; one that
-//!    jumps far forward causes no overflow. Neither causes a panic, a stranded deferral or a
-//!    second run inside the threshold.
+//! 5. **Clock faults.** A clock that steps backwards counts the step as no time, so a step
+//!    of `d` delays the next run by up to `d` (a reading that jumps forward and comes back is
+//!    such a step); one that jumps far forward causes no overflow. Neither causes a panic, a
+//!    stranded deferral or a second run inside the threshold. A clock that reaches the end of
+//!    its `u64` range (584 years past its origin) stops time: the window then never ends, and
+//!    [`Deferral::run`] waits forever.
 //! 6. **Bad input.** A threshold over [`Throttle::MAX_THRESHOLD`] (about 146 years) is refused
 //!    with a [`ThresholdError`], never truncated.
 //! 7. **Lifetime.** Stamps hold every `u64` nanosecond reading of the clock (about 584 years
@@ -48,6 +51,9 @@
 //!   (Now, Deferred or Coalesced) also sees everything the caller that wrote it did before
 //!   its own admission, release or stamp: the state word is read with `Acquire` and changed
 //!   only by `AcqRel` compare-and-swaps.
+//! - The throttle does not order one run's work with the next: the work starts after its
+//!   stamp, and a later caller synchronizes with that stamp, not with the work. Runs can
+//!   overlap when the work is slower than the threshold.
 //! - A Coalesced answer from [`Throttle::admit`] writes nothing, so it gives **no**
 //!   happens-before edge from the coalesced caller to the run that covers it: that run may
 //!   not see what the coalesced caller wrote just before. If the covering run must read it,

@@ -20,9 +20,11 @@
 //!
 //! A tick is 1024 ns, so the 54 stamp bits hold every `u64` nanosecond reading a clock can
 //! give (2^54 ticks x 2^10 ns = 2^64 ns, about 584 years from the clock's origin): the stamp
-//! never wraps. The generation counts claims (modulo 64) so that a word installed by one owner
-//! is never mistaken for the word of a later one. `FLUSH` and `CANCEL` are reserved and always
-//! zero today.
+//! never wraps. A release compares against the exact word its owner installed; after the
+//! owner's run that word cannot come back, since stamps only grow. The generation counts
+//! claims, modulo 64: room for a later takeover of a leaked deferral, which will need it to
+//! tell an old owner's word from a new one (and must bound what 64 claims at one stamp can
+//! alias). Nothing depends on it yet. `FLUSH` and `CANCEL` are reserved and always zero today.
 //!
 //! This module is pure arithmetic: [`decide`] maps (word, time) to the answer and the next
 //! word, and the atomics live in `throttle.rs`.

@@ -423,8 +423,10 @@ impl<C: Clock> Throttle<C> {
         }
         // Success AcqRel: Release publishes this caller's earlier writes to whoever sees the
         // new stamp or claim (pairs with the Acquire loads in `admit` and `is_pending`);
-        // Acquire makes this caller see the writes of the run or release it replaces. Failure
-        // Acquire: the word seen is decided on again, so it needs the same view as `admit`.
+        // Acquire makes this caller see what the writer of the word it replaces did before
+        // writing it (an earlier caller's admission, an owner's stamp or release), not that
+        // run's work, which starts after its stamp. Failure Acquire: the word seen is decided
+        // on again, so it needs the same view as `admit`.
         self.inner
             .state
             .compare_exchange(

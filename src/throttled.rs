@@ -167,7 +167,11 @@ impl<F, C: Clock> Throttled<F, C> {
     /// call then blocks), or not at all when a pending deferred call covers this one.
     ///
     /// If the work panics, the panic propagates to this caller; the run was stamped before the
-    /// work started, so the throttle is unharmed. If a waiting caller panics or unwinds before
+    /// work started, so the throttle is unharmed.
+    ///
+    /// A Coalesced call's earlier writes are not guaranteed to be visible to the run that
+    /// covers it (see the crate docs, "Memory ordering"); build the wrapper around a shared
+    /// [`Throttle`] and use [`Throttle::admit_publishing`] where the work must see them. If a waiting caller panics or unwinds before
     /// its run, the deferral is released and the next call claims it.
     ///
     /// # Examples

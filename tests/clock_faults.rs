@@ -70,7 +70,8 @@ fn a_jump_of_a_hundred_years_forward_behaves() {
     };
     let before = clock.now_nanos();
     let ran_at = deferral.run(|| clock.now_nanos());
-    assert!(ran_at >= before + T.as_nanos() as u64 - 1024);
+    // The leading run was stamped at `before` (the clock has not moved since): G1 exactly.
+    assert!(ran_at >= before + T.as_nanos() as u64);
     assert!(throttle.admit().is_deferred());
 }
 

@@ -37,6 +37,15 @@ impl Stamps {
     }
 }
 
+/// Waits up to five seconds for `done`, failing the test with `what` if it never comes.
+fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn detached(
     threshold: Duration,
     leading: LeadingRun,
@@ -64,11 +73,9 @@ fn calls_never_wait_and_the_timer_thread_runs_the_deferral() {
         start.elapsed()
     );
     assert_eq!(stamps.len(), 1, "only the inline leading run so far");
-    while stamps.len() < 2 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for(|| stamps.len() == 2, "the deferred run");
     assert!(start.elapsed() >= T);
-    assert!(!job.throttle().is_pending());
+    assert!(!job.is_pending());
     stamps.assert_spaced(T);
 }
 
@@ -93,7 +100,8 @@ fn leading_runs_go_to_the_timer_thread_by_default() {
 fn panicking_callers_cannot_strand_coverage() {
     const T: Duration = Duration::from_millis(20);
     let stamps = Stamps::default();
-    let job = Arc::new(detached(T, LeadingRun::OnTimer, &stamps));
+    // Inline leading runs: each run's work then reads its own stamp on the thread that took it.
+    let job = Arc::new(detached(T, LeadingRun::Inline, &stamps));
     let silence = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     assert_eq!(job.call(), Dispatch::Now);
@@ -118,16 +126,12 @@ fn panicking_callers_cannot_strand_coverage() {
     assert!(answers.iter().all(|a| *a != Dispatch::Now), "{answers:?}");
     let deferred = answers.iter().filter(|a| **a == Dispatch::Deferred).count();
     // The crashed callers owned nothing: the timer thread still runs every deferral.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stamps.len() < 1 + deferred && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(
-        stamps.len(),
-        1 + deferred,
-        "the coalesced calls were never covered"
+    wait_for(
+        || stamps.len() > deferred,
+        "the runs covering the coalesced calls",
     );
-    assert!(!job.throttle().is_pending());
+    assert_eq!(stamps.len(), 1 + deferred, "a run too many");
+    assert!(!job.is_pending());
     stamps.assert_spaced(T);
 }
 
@@ -156,9 +160,7 @@ fn a_panicking_work_is_reported_and_the_throttle_keeps_working() {
     let silence = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     assert_eq!(job.call(), Dispatch::Now); // panics on the timer thread
-    while job.panics() == 0 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for(|| job.panics() == 1, "the panic to be reported");
     std::panic::set_hook(silence);
     assert_eq!(reported.lock().unwrap().as_slice(), ["work failed"]);
     assert_eq!(job.call(), Dispatch::Deferred);
@@ -283,5 +285,90 @@ fn eight_threads_for_two_seconds_every_call_is_followed_by_a_run() {
         stamps.len(),
         marks.len(),
         Duration::from_nanos(longest)
+    );
+}
+
+#[test]
+fn leading_runs_slower_than_the_threshold_each_run_once_on_the_timer_thread() {
+    const T: Duration = Duration::from_millis(2);
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = Detached::new(T, {
+        let runs = runs.clone();
+        move || {
+            runs.fetch_add(1, Relaxed);
+            std::thread::sleep(T * 5); // much slower than the threshold
+        }
+    });
+    let mut now = 0;
+    for _ in 0..4 {
+        if job.call() == Dispatch::Now {
+            now += 1;
+        }
+        std::thread::sleep(T * 2); // past the window: the next call is Now again
+    }
+    assert!(now >= 2, "only {now} leading runs");
+    drop(job); // waits for the backlog
+    assert_eq!(runs.load(Relaxed), now, "every Now answer ran exactly once");
+}
+
+/// A clock that panics once asked to wait.
+#[derive(Clone)]
+struct PanicsWhenWaiting(atomic_throttle::ManualClock);
+
+impl Clock for PanicsWhenWaiting {
+    fn now_nanos(&self) -> u64 {
+        self.0.now_nanos()
+    }
+    fn sleep(&self, _: Duration) {
+        panic!("clock failed");
+    }
+}
+
+#[test]
+fn a_panicking_clock_gives_the_deferral_up_and_the_timer_thread_survives() {
+    let clock = atomic_throttle::ManualClock::new();
+    let runs = Arc::new(AtomicU32::new(0));
+    let throttle =
+        Throttle::with_clock(Duration::from_millis(10), PanicsWhenWaiting(clock.clone())).unwrap();
+    let job = Detached::builder(throttle)
+        .leading_run(LeadingRun::Inline)
+        .on_panic(|_| {})
+        .spawn({
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Relaxed);
+            }
+        })
+        .unwrap();
+    let silence = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Deferred); // the timer thread's wait panics
+    wait_for(|| job.panics() == 1, "the clock's panic to be reported");
+    std::panic::set_hook(silence);
+    wait_for(|| !job.is_pending(), "the deferral to be given up");
+    // The timer thread lives on: past the window, a new deferral is handed over and run.
+    clock.advance(Duration::from_millis(10));
+    assert_eq!(job.call(), Dispatch::Deferred);
+    clock.advance(Duration::from_millis(20));
+    wait_for(|| runs.load(Relaxed) == 2, "the next deferred run");
+}
+
+#[test]
+fn dropping_with_a_deadline_past_the_end_of_the_clock_does_not_hang() {
+    let clock = atomic_throttle::ManualClock::new();
+    clock.advance(Duration::MAX);
+    let job = Detached::builder(Throttle::with_clock(Duration::from_secs(1), clock).unwrap())
+        .on_shutdown(Shutdown::RunPending)
+        .spawn(|| ())
+        .unwrap();
+    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Deferred); // its deadline lies past u64::MAX ns
+    let start = Instant::now();
+    drop(job);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
     );
 }

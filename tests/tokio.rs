@@ -166,15 +166,22 @@ async fn deferrals_wait_on_the_paused_clock() {
     assert!(!throttle.is_pending());
 }
 
+#[path = "support/stamp_clock.rs"]
+mod stamp_clock;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_tasks_on_the_real_clock_keep_runs_apart() {
+    use stamp_clock::{last_reading, StampClock};
     const T: Duration = Duration::from_millis(2);
-    let runs = Arc::new(Mutex::new(Vec::new()));
-    let job = Arc::new(AsyncThrottled::new(T, {
-        let runs = runs.clone();
+    let stamps = Arc::new(Mutex::new(Vec::new()));
+    let clock = StampClock(atomic_throttle::DefaultClock::new());
+    let throttle = Throttle::with_clock(T, clock).unwrap();
+    // The work reads the stamp before its first await: the stamping reading, on this thread.
+    let job = Arc::new(AsyncThrottled::from_throttle(throttle, {
+        let stamps = stamps.clone();
         move || {
-            let runs = runs.clone();
-            async move { runs.lock().unwrap().push(std::time::Instant::now()) }
+            stamps.lock().unwrap().push(last_reading());
+            std::future::ready(())
         }
     }));
     let tasks: Vec<_> = (0..16)
@@ -197,8 +204,13 @@ async fn many_tasks_on_the_real_clock_keep_runs_apart() {
     for task in tasks {
         task.await.unwrap();
     }
-    let runs = runs.lock().unwrap();
-    assert!(runs.len() > 20, "only {} runs", runs.len());
+    let mut stamps = stamps.lock().unwrap().clone();
+    stamps.sort_unstable();
+    assert!(stamps.len() > 20, "only {} runs", stamps.len());
+    for pair in stamps.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= T.as_nanos() as u64, "G1: runs {gap} ns apart");
+    }
     // Every owner, cancelled or not, is gone: nothing may be pending.
     assert!(
         !job.throttle().is_pending(),

@@ -3,7 +3,7 @@
 //!
 //! Build and run them with `--cfg loom` (see `.ci/test`). Each model is a negative control for
 //! one or more deliberately broken variants of the crate, selected at run time with
-//! `ATOMIC_THROTTLE_MUTANT`: [`verify`] then asserts that the model fails.
+//! `ATOMIC_THROTTLE_MUTANT`: [`verify`] then asserts that the model fails, and how.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -11,12 +11,13 @@ use std::time::Instant;
 /// Runs `model` under loom and checks the outcome the active mutant calls for.
 ///
 /// - No mutant: every interleaving must pass.
-/// - A mutant listed in `catches`: some interleaving must fail, or the model does not check
-///   what it claims.
+/// - A mutant listed in `catches`, as `(mutant, failure)`: some interleaving must fail, with a
+///   panic whose message contains `failure` (the assertion the bug is meant to break, or
+///   loom's own report of it), or the model does not check what it claims.
 /// - Any other mutant: refused, so that a run cannot pass by checking nothing.
 ///
 /// Prints how many executions loom explored and how long it took.
-pub fn verify<F>(name: &str, catches: &[&str], model: F)
+pub fn verify<F>(name: &str, catches: &[(&str, &str)], model: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
@@ -29,38 +30,41 @@ where
         }
     };
     let started = Instant::now();
-    match std::env::var("ATOMIC_THROTTLE_MUTANT").ok() {
-        None => {
-            loom::model(counted);
-            eprintln!(
-                "{name}: passed {} executions in {:.2?}",
-                executions.load(Ordering::Relaxed),
-                started.elapsed()
-            );
-        }
-        Some(mutant) if catches.contains(&mutant.as_str()) => {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(counted)));
-            assert!(
-                outcome.is_err(),
-                "{name} passed against mutant {mutant}: it does not catch the bug it is about"
-            );
-            eprintln!(
-                "{name}: caught mutant {mutant} after {} executions in {:.2?}",
-                executions.load(Ordering::Relaxed),
-                started.elapsed()
-            );
-        }
-        Some(mutant) => panic!(
+    let Ok(mutant) = std::env::var("ATOMIC_THROTTLE_MUTANT") else {
+        loom::model(counted);
+        eprintln!(
+            "{name}: passed {} executions in {:.2?}",
+            executions.load(Ordering::Relaxed),
+            started.elapsed()
+        );
+        return;
+    };
+    let Some((_, failure)) = catches.iter().find(|(caught, _)| *caught == mutant) else {
+        panic!(
             "{name} is not a negative control for mutant {mutant}; select its controls with a \
              test name filter"
-        ),
-    }
+        );
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(counted)));
+    let Err(payload) = outcome else {
+        panic!("{name} passed against mutant {mutant}: it does not catch the bug it is about");
+    };
+    let message = panic_message(&*payload);
+    assert!(
+        message.contains(failure),
+        "{name} failed against mutant {mutant}, but not with {failure:?}: {message}"
+    );
+    eprintln!(
+        "{name}: caught mutant {mutant} after {} executions in {:.2?}: {}",
+        executions.load(Ordering::Relaxed),
+        started.elapsed(),
+        message.lines().next().unwrap_or_default()
+    );
 }
 
-/// Expects `model` to fail under loom: for a model that demonstrates a reordering the docs
-/// warn of. Refuses to run under a mutant.
-pub fn demonstrate_failure<F>(name: &str, model: F)
+/// Expects `model` to fail under loom with a panic whose message contains `failure`: for a
+/// model that demonstrates a reordering the docs warn of. Refuses to run under a mutant.
+pub fn demonstrate_failure<F>(name: &str, failure: &str, model: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
@@ -70,9 +74,13 @@ where
     );
     let started = Instant::now();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(model)));
+    let Err(payload) = outcome else {
+        panic!("{name}: loom found no interleaving showing the documented reordering");
+    };
+    let message = panic_message(&*payload);
     assert!(
-        outcome.is_err(),
-        "{name}: loom found no interleaving showing the documented reordering"
+        message.contains(failure),
+        "{name} failed, but not with {failure:?}: {message}"
     );
     eprintln!(
         "{name}: showed the documented reordering in {:.2?}",
@@ -91,4 +99,15 @@ pub fn silence_expected_panics() {
             }
         }));
     });
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(a panic without a message)".to_owned()
+    }
 }

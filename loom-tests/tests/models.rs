@@ -55,38 +55,43 @@ fn assert_not_stranded(throttle: &Throttle<ManualClock>) {
 /// Model 1: three first admissions at once give exactly one Now, one Deferred, one Coalesced.
 #[test]
 fn model_1_concurrent_first_admissions() {
-    verify("model 1", &["load_store"], || {
-        let throttle = Arc::new(Throttle::with_clock(T, ManualClock::new()).unwrap());
-        let callers: Vec<_> = (0..3)
-            .map(|_| {
-                let throttle = throttle.clone();
-                thread::spawn(move || throttle.admit_owned())
-            })
-            .collect();
-        // Deferrals are held until every caller has answered, so at most one can exist.
-        let answers: Vec<_> = callers.into_iter().map(|c| c.join().unwrap()).collect();
-        let count =
-            |f: fn(&OwnedAdmission<ManualClock>) -> bool| answers.iter().filter(|a| f(a)).count();
-        assert_eq!(
-            count(|a| matches!(a, OwnedAdmission::Now)),
-            1,
-            "exactly one leading run"
-        );
-        assert_eq!(
-            count(|a| matches!(a, OwnedAdmission::Deferred(_))),
-            1,
-            "exactly one owner"
-        );
-        assert_eq!(count(|a| matches!(a, OwnedAdmission::Coalesced)), 1);
-        assert!(throttle.is_pending());
-    });
+    verify(
+        "model 1",
+        &[("load_store", "exactly one leading run")],
+        || {
+            let throttle = Arc::new(Throttle::with_clock(T, ManualClock::new()).unwrap());
+            let callers: Vec<_> = (0..3)
+                .map(|_| {
+                    let throttle = throttle.clone();
+                    thread::spawn(move || throttle.admit_owned())
+                })
+                .collect();
+            // Deferrals are held until every caller has answered, so at most one can exist.
+            let answers: Vec<_> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+            let count = |f: fn(&OwnedAdmission<ManualClock>) -> bool| {
+                answers.iter().filter(|a| f(a)).count()
+            };
+            assert_eq!(
+                count(|a| matches!(a, OwnedAdmission::Now)),
+                1,
+                "exactly one leading run"
+            );
+            assert_eq!(
+                count(|a| matches!(a, OwnedAdmission::Deferred(_))),
+                1,
+                "exactly one owner"
+            );
+            assert_eq!(count(|a| matches!(a, OwnedAdmission::Coalesced)), 1);
+            assert!(throttle.is_pending());
+        },
+    );
 }
 
 /// Model 2: the owner runs at its deadline while two callers admit. No caller runs inside
 /// either window (G1), and calls after the deferred run see its new window.
 #[test]
 fn model_2_owner_runs_while_others_admit() {
-    verify("model 2", &["split_stamp"], || {
+    verify("model 2", &[("split_stamp", "G1")], || {
         let (throttle, clock, owner) = with_owner();
         let deadline = owner.deadline();
         let runner = thread::spawn(move || owner.run(|| clock.now_nanos()));
@@ -170,7 +175,7 @@ impl std::future::Future for AwaitPoint {
 #[test]
 fn model_3_owner_panics() {
     silence_expected_panics();
-    verify("model 3", &["no_release"], || {
+    verify("model 3", &[("no_release", "G2")], || {
         let (throttle, clock, owner) = with_owner();
         let crash = move || {
             let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -193,7 +198,7 @@ fn model_4_owner_future_cancelled() {
     use std::future::Future;
     use std::task::{Context, Waker};
 
-    verify("model 4", &["no_release"], || {
+    verify("model 4", &[("no_release", "G2")], || {
         let (throttle, clock, owner) = with_owner();
         let cancel = move || {
             let mut task = Box::pin(async move {
@@ -218,7 +223,7 @@ fn model_4_owner_future_cancelled() {
 /// claims the next deferral. The stale release must not clear the new owner's claim.
 #[test]
 fn model_5_stale_release_spares_the_next_owner() {
-    verify("model 5", &["blind_release"], || {
+    verify("model 5", &[("blind_release", "stale release")], || {
         let (throttle, _clock, owner) = with_owner();
         let runner = thread::spawn(move || owner.run(|| ()));
         let next = {
@@ -246,7 +251,7 @@ fn model_5_stale_release_spares_the_next_owner() {
 /// deadline, and tries again (runs), while two callers admit and try to run early.
 #[test]
 fn model_6_try_run_around_the_deadline() {
-    verify("model 6", &["split_stamp"], || {
+    verify("model 6", &[("split_stamp", "G1")], || {
         let (throttle, clock, owner) = with_owner();
         let deadline = owner.deadline();
         let runner = thread::spawn(move || {
@@ -320,22 +325,26 @@ fn coalesced_write_then_covering_read(publishing: bool) {
 /// run that covers it.
 #[test]
 fn model_7a_admit_publishing_publishes_to_the_covering_run() {
-    verify("model 7a", &["relaxed"], || {
-        coalesced_write_then_covering_read(true)
-    });
+    verify(
+        "model 7a",
+        &[("relaxed", "missed the coalesced write")],
+        || coalesced_write_then_covering_read(true),
+    );
 }
 
 /// Model 7b: with plain `admit`, they are not: loom finds the interleaving the docs warn of.
 #[test]
 fn model_7b_admit_gives_no_edge_to_the_covering_run() {
-    demonstrate_failure("model 7b", || coalesced_write_then_covering_read(false));
+    demonstrate_failure("model 7b", "missed the coalesced write", || {
+        coalesced_write_then_covering_read(false)
+    });
 }
 
 /// Model 8: the clock steps backwards while two callers admit: no run inside the window, and
 /// the deferral claimed behind the step still runs a full threshold after the last run.
 #[test]
 fn model_8_clock_steps_backwards() {
-    verify("model 8", &["wrapping_elapsed"], || {
+    verify("model 8", &[("wrapping_elapsed", "G1")], || {
         let clock = ManualClock::new();
         clock.advance(Duration::from_millis(100));
         let throttle = Arc::new(Throttle::with_clock(T, clock.clone()).unwrap());
@@ -355,8 +364,10 @@ fn model_8_clock_steps_backwards() {
             caller.join().unwrap();
         }
         assert!(!throttle.is_pending());
-        let Admission::Deferred(deferral) = throttle.admit() else {
-            panic!("expected Deferred behind the backward step")
+        // Nothing is pending, and the clock is behind the window's end: only Deferred is right.
+        let deferral = match throttle.admit() {
+            Admission::Deferred(deferral) => deferral,
+            other => panic!("G1: {other:?} behind the backward step, inside the window"),
         };
         let ran_at = deferral.run(|| clock.now_nanos());
         assert!(ran_at >= Duration::from_millis(100).as_nanos() as u64 + T.as_nanos() as u64);
@@ -381,7 +392,7 @@ fn model_9_wait_with_cancelled_mid_wait() {
         }
     }
 
-    verify("model 9", &["no_release"], || {
+    verify("model 9", &[("no_release", "G2")], || {
         let (throttle, clock, owner) = with_owner();
         let cancel = move || {
             let mut wait = Box::pin(owner.wait_with(|_| Parked));
@@ -401,57 +412,60 @@ fn model_9_wait_with_cancelled_mid_wait() {
     });
 }
 
-/// Model 10: the detached throttle's hand-off. Two callers race inside the window: one hands
-/// its deferral to the timer thread (a loom thread, parked while idle), the other is
-/// Coalesced. The timer thread must wake, wait out the deadline and run the work, with no
+/// Model 10: the detached throttle's hand-offs, with the default `LeadingRun::OnTimer`. The
+/// leading run is handed to the timer thread (a loom thread, parked while idle); then two
+/// callers race inside the window: one hands its deferral over, the other is Coalesced. The timer thread must wake, wait out the deadline and run the work, with no
 /// shutdown to nudge it: the main thread yields until the run has happened. (It cannot park
 /// for the run to unpark it: loom's `unpark` also wakes a thread blocked in `join`.)
 #[test]
 fn model_10_detached_hand_off_to_the_timer_thread() {
-    use atomic_throttle::{Detached, Dispatch, LeadingRun};
+    use atomic_throttle::{Detached, Dispatch};
     use std::sync::atomic::Ordering::SeqCst;
 
-    verify("model 10", &["no_unpark"], || {
-        let clock = ManualClock::new();
-        let runs = Arc::new(AtomicU32::new(0));
-        let job = Detached::builder(Throttle::with_clock(T, clock.clone()).unwrap())
-            .leading_run(LeadingRun::Inline)
-            .spawn({
-                let runs = runs.clone();
-                move || {
-                    runs.fetch_add(1, SeqCst);
-                }
-            })
-            .unwrap();
-        let job = Arc::new(job);
-        assert_eq!(job.call(), Dispatch::Now);
-        let caller = {
-            let job = job.clone();
-            thread::spawn(move || job.call())
-        };
-        let mine = job.call();
-        let theirs = caller.join().unwrap();
-        // Inside the window: one of them claims the deferral; the other is Coalesced into it,
-        // or, if the timer thread already ran it, claims the next one.
-        assert!(
-            mine != Dispatch::Now && theirs != Dispatch::Now,
-            "G1: a run inside the window"
-        );
-        assert!(mine == Dispatch::Deferred || theirs == Dispatch::Deferred);
-        let deferred = [mine, theirs]
-            .iter()
-            .filter(|a| **a == Dispatch::Deferred)
-            .count();
-        // Covered without a shutdown: the timer thread runs each deferral on its own.
-        let expected = 1 + deferred as u32;
-        while runs.load(SeqCst) < expected {
-            thread::yield_now();
-        }
-        assert!(
-            clock.now_nanos() >= T.as_nanos() as u64,
-            "ran before the deadline"
-        );
-        drop(Arc::into_inner(job).expect("the caller is done")); // joins the timer thread
-        assert_eq!(runs.load(SeqCst), expected, "a run too many");
-    });
+    verify(
+        "model 10",
+        &[("no_unpark", "maximum number of branches")],
+        || {
+            let clock = ManualClock::new();
+            let runs = Arc::new(AtomicU32::new(0));
+            let job = Detached::builder(Throttle::with_clock(T, clock.clone()).unwrap())
+                .spawn({
+                    let runs = runs.clone();
+                    move || {
+                        runs.fetch_add(1, SeqCst);
+                    }
+                })
+                .unwrap();
+            let job = Arc::new(job);
+            assert_eq!(job.call(), Dispatch::Now);
+            let caller = {
+                let job = job.clone();
+                thread::spawn(move || job.call())
+            };
+            let mine = job.call();
+            let theirs = caller.join().unwrap();
+            // Inside the window: one of them claims the deferral; the other is Coalesced into it,
+            // or, if the timer thread already ran it, claims the next one.
+            assert!(
+                mine != Dispatch::Now && theirs != Dispatch::Now,
+                "G1: a run inside the window"
+            );
+            assert!(mine == Dispatch::Deferred || theirs == Dispatch::Deferred);
+            let deferred = [mine, theirs]
+                .iter()
+                .filter(|a| **a == Dispatch::Deferred)
+                .count();
+            // Covered without a shutdown: the timer thread runs each deferral on its own.
+            let expected = 1 + deferred as u32;
+            while runs.load(SeqCst) < expected {
+                thread::yield_now();
+            }
+            assert!(
+                clock.now_nanos() >= T.as_nanos() as u64,
+                "ran before the deadline"
+            );
+            drop(Arc::into_inner(job).expect("the caller is done")); // joins the timer thread
+            assert_eq!(runs.load(SeqCst), expected, "a run too many");
+        },
+    );
 }
