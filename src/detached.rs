@@ -132,7 +132,9 @@ pub enum LeadingRun {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Shutdown {
-    /// Wait for its deadline and run it, then stop. The default: no call is lost.
+    /// Wait for its deadline and run it, then stop. The default: no call is lost. (A deadline
+    /// past the end of the clock's range never comes; such a deferral is given up instead, so
+    /// that the drop returns.)
     #[default]
     RunPending,
     /// Give it up and stop at once (within about 50 ms, the timer thread's longest sleep).
