@@ -45,15 +45,8 @@ where
              test name filter"
         );
     };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(counted)));
-    let Err(payload) = outcome else {
-        panic!("{name} passed against mutant {mutant}: it does not catch the bug it is about");
-    };
-    let message = panic_message(&*payload);
-    assert!(
-        message.contains(failure),
-        "{name} failed against mutant {mutant}, but not with {failure:?}: {message}"
-    );
+    let context = format!("{name} against mutant {mutant}");
+    let message = expect_failure(&context, failure, counted);
     eprintln!(
         "{name}: caught mutant {mutant} after {} executions in {:.2?}: {}",
         executions.load(Ordering::Relaxed),
@@ -73,15 +66,7 @@ where
         "{name} demonstrates documented behaviour and is no mutant's control"
     );
     let started = Instant::now();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(model)));
-    let Err(payload) = outcome else {
-        panic!("{name}: loom found no interleaving showing the documented reordering");
-    };
-    let message = panic_message(&*payload);
-    assert!(
-        message.contains(failure),
-        "{name} failed, but not with {failure:?}: {message}"
-    );
+    expect_failure(name, failure, model);
     eprintln!(
         "{name}: showed the documented reordering in {:.2?}",
         started.elapsed()
@@ -99,6 +84,24 @@ pub fn silence_expected_panics() {
             }
         }));
     });
+}
+
+/// Runs `model` under loom, which must find an interleaving that panics with a message
+/// containing `failure`; returns the message. `context` names the run in the assertions.
+fn expect_failure<F>(context: &str, failure: &str, model: F) -> String
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(model)));
+    let Err(payload) = outcome else {
+        panic!("{context}: every interleaving passed; the model does not catch what it is about");
+    };
+    let message = panic_message(&*payload);
+    assert!(
+        message.contains(failure),
+        "{context}: failed, but not with {failure:?}: {message}"
+    );
+    message
 }
 
 /// The text of a panic's payload.
