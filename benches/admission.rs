@@ -319,15 +319,7 @@ fn lateness() {
             let started = deferral.run(|| atomic_throttle::Clock::now_nanos(&clock));
             late.push(started.saturating_sub(deadline));
         }
-        late.sort_unstable();
-        let pct = |p: usize| Duration::from_nanos(late[(late.len() - 1) * p / 100]);
-        println!(
-            "  {:<12} {:>10.1?} {:>10.1?} {:>10.1?}",
-            format!("{spin:?}"),
-            pct(50),
-            pct(99),
-            pct(100)
-        );
+        print_lateness(spin, late, "");
     }
     detached_lateness(THRESHOLD, RUNS);
 }
@@ -362,11 +354,20 @@ fn detached_lateness(threshold: Duration, runs: usize) {
         let deadline = starts[0] + threshold.as_nanos() as u64;
         late.push(starts[1].saturating_sub(deadline));
     }
+    print_lateness(
+        DefaultClock::DEFAULT_SPIN,
+        late,
+        "   (Detached timer thread, default spin)",
+    );
+}
+
+/// One row of the lateness table: the spin, then the p50, p99 and maximum of `late` (ns).
+fn print_lateness(spin: Duration, mut late: Vec<u64>, note: &str) {
     late.sort_unstable();
     let pct = |p: usize| Duration::from_nanos(late[(late.len() - 1) * p / 100]);
     println!(
-        "  {:<12} {:>10.1?} {:>10.1?} {:>10.1?}   (Detached timer thread, default spin)",
-        format!("{:?}", DefaultClock::DEFAULT_SPIN),
+        "  {:<12} {:>10.1?} {:>10.1?} {:>10.1?}{note}",
+        format!("{spin:?}"),
         pct(50),
         pct(99),
         pct(100)
