@@ -345,7 +345,7 @@ fn detached_lateness(threshold: Duration, runs: usize) {
     for _ in 0..runs {
         std::thread::sleep(threshold * 2); // let the last window end
         starts.lock().unwrap().clear();
-        assert_eq!(job.call(), Dispatch::Now);
+        assert_eq!(job.call(), Dispatch::Leading);
         assert_eq!(job.call(), Dispatch::Deferred);
         while starts.lock().unwrap().len() < 2 {
             std::thread::yield_now();

@@ -57,6 +57,9 @@ impl<F: Fn() + Sync> Publisher for Throttled<F, StampClock> {
             Outcome::Now(()) => Answer::Now,
             Outcome::Deferred(()) => Answer::Deferred,
             Outcome::Coalesced => Answer::Coalesced,
+            Outcome::Suppressed | Outcome::Revoked(_) => {
+                unreachable!("the demo's throttle trails, and nobody cancels")
+            }
         }
     }
 }
@@ -64,9 +67,12 @@ impl<F: Fn() + Sync> Publisher for Throttled<F, StampClock> {
 impl<F: Fn() + Send + Sync + 'static> Publisher for Detached<F, StampClock> {
     fn call(&self) -> Answer {
         match Detached::call(self) {
-            Dispatch::Now => Answer::Now,
+            Dispatch::Leading => Answer::Now,
             Dispatch::Deferred => Answer::Deferred,
             Dispatch::Coalesced => Answer::Coalesced,
+            Dispatch::Suppressed | Dispatch::Closed => {
+                unreachable!("the demo's throttle trails, and runs until dropped")
+            }
         }
     }
 }

@@ -2,22 +2,28 @@
 //! tokio's (pausable) time, and async calls through `Throttled` and `AsyncThrottled`.
 
 use crate::clock::{nanos_saturating, Clock, DefaultClock};
-use crate::deferral::{Deferral, OwnedDeferral};
-use crate::throttle::{Admission, Throttle};
+use crate::deferral::{Deferral, Revoked};
+use crate::throttle::{Admission, Throttle, ThrottleRef};
 use crate::throttled::{Outcome, Throttled};
 use core::fmt;
 use core::future::Future;
 use core::time::Duration;
 
-impl<C: Clock> Deferral<'_, C> {
+impl<T: ThrottleRef> Deferral<T> {
     /// Waits for the deadline on tokio's timer, then stamps the run; the caller runs the work
-    /// when the future completes. [`wait_with`](Deferral::wait_with) with
+    /// when the future completes with `Ok`. [`wait_with`](Deferral::wait_with) with
     /// `tokio::time::sleep`.
     ///
     /// The throttle's clock decides when the deadline has passed. On tokio's paused test clock,
-    /// build the throttle on [`TokioClock`] so that both agree. tokio's timer has millisecond
-    /// granularity, so the future completes up to about 1 ms after the deadline; for less,
-    /// use [`Deferral::run`] on a thread, which spins the last stretch.
+    /// build the throttle on [`TokioClock`] so that both agree; on a
+    /// [`ManualClock`](crate::ManualClock) the clock advances for the wait and tokio's timer is
+    /// not used. tokio's timer has millisecond granularity, so the future completes up to about
+    /// 1 ms after the deadline; for less, use [`Deferral::run`] on a thread, which spins the
+    /// last stretch.
+    ///
+    /// # Errors
+    ///
+    /// [`Revoked`](crate::Revoked) if the deferral was cancelled or taken over first.
     ///
     /// # Cancel safety
     ///
@@ -30,52 +36,28 @@ impl<C: Clock> Deferral<'_, C> {
     /// # Examples
     ///
     /// ```
-    /// use atomic_throttle::{Admission, Throttle};
-    /// use std::time::Duration;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let throttle = Throttle::new(Duration::from_millis(2));
-    /// let _ = throttle.admit();
-    /// if let Admission::Deferred(deferral) = throttle.admit() {
-    ///     deferral.wait_async().await;
-    ///     println!("trailing run");
-    /// };
-    /// # }
-    /// ```
-    pub async fn wait_async(self) {
-        self.wait_with(tokio::time::sleep).await
-    }
-}
-
-impl<C: Clock> OwnedDeferral<C> {
-    /// See [`Deferral::wait_async`]; the future owns the deferral, so it can be spawned.
-    ///
-    /// # Cancel safety
-    ///
-    /// This method is cancel safe, as [`Deferral::wait_async`] is.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use atomic_throttle::{OwnedAdmission, Throttle};
+    /// use atomic_throttle::{Admission, OwnedAdmission, Throttle};
     /// use std::{sync::Arc, time::Duration};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let throttle = Arc::new(Throttle::new(Duration::from_millis(2)));
-    /// let _ = throttle.admit_owned();
-    /// if let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() {
-    ///     tokio::spawn(async move {
-    ///         deferral.wait_async().await;
-    ///         println!("trailing run, on its own task");
-    ///     })
-    ///     .await
-    ///     .unwrap();
+    /// # async fn main() -> Result<(), atomic_throttle::Revoked> {
+    /// let throttle = Throttle::new(Duration::from_millis(2));
+    /// let _ = throttle.admit();
+    /// if let Admission::Deferred(deferral) = throttle.admit() {
+    ///     deferral.wait_async().await?;
+    ///     println!("trailing run");
+    /// };
+    ///
+    /// // An owned deferral's wait can be spawned.
+    /// let shared = Arc::new(Throttle::new(Duration::from_millis(2)));
+    /// let _ = shared.admit_owned();
+    /// if let OwnedAdmission::Deferred(deferral) = shared.admit_owned() {
+    ///     tokio::spawn(async move { deferral.wait_async().await }).await.unwrap()?;
     /// }
+    /// # Ok(())
     /// # }
     /// ```
-    pub async fn wait_async(self) {
+    pub async fn wait_async(self) -> Result<(), Revoked> {
         self.wait_with(tokio::time::sleep).await
     }
 }
@@ -163,13 +145,14 @@ impl<F, C: Clock> Throttled<F, C> {
     where
         F: Fn() -> R,
     {
-        match self.throttle().admit() {
+        match self.admit() {
             Admission::Now => Outcome::Now(self.work()()),
-            Admission::Deferred(deferral) => {
-                deferral.wait_async().await;
-                Outcome::Deferred(self.work()())
-            }
+            Admission::Deferred(deferral) => match deferral.wait_async().await {
+                Ok(()) => Outcome::Deferred(self.work()()),
+                Err(revoked) => Outcome::Revoked(revoked),
+            },
             Admission::Coalesced => Outcome::Coalesced,
+            Admission::Suppressed { .. } => Outcome::Suppressed,
         }
     }
 }
@@ -285,11 +268,12 @@ impl<F, C: Clock> AsyncThrottled<F, C> {
     {
         match self.throttle.admit() {
             Admission::Now => Outcome::Now((self.work)().await),
-            Admission::Deferred(deferral) => {
-                deferral.wait_async().await;
-                Outcome::Deferred((self.work)().await)
-            }
+            Admission::Deferred(deferral) => match deferral.wait_async().await {
+                Ok(()) => Outcome::Deferred((self.work)().await),
+                Err(revoked) => Outcome::Revoked(revoked),
+            },
             Admission::Coalesced => Outcome::Coalesced,
+            Admission::Suppressed { .. } => Outcome::Suppressed,
         }
     }
 }

@@ -1,15 +1,20 @@
-//! Clocks: the trait the throttle reads time through, the default quanta clock, and a manual
-//! clock for tests and loom models.
+//! Clocks: the trait the throttle reads time through, the default TSC clock with its fallback,
+//! a coarse clock, and a manual clock for tests and loom models.
 
-use crate::sync::{self, Arc, AtomicU64, Ordering};
+use crate::sync::{self, AtomicU64, Ordering};
 use core::fmt;
+use core::task::Waker;
 use core::time::Duration;
 
 /// A monotonic source of time, in nanoseconds since an origin of the clock's choosing.
 ///
-/// The throttle tolerates clocks that misbehave (SPEC G5): a reading earlier than the last
-/// stamp counts as no time, and a reading far in the future causes no overflow. Readings
-/// must only fit in a `u64`, which covers about 584 years from the origin.
+/// The throttle tolerates clocks that misbehave: a reading earlier than the last stamp counts
+/// as no time, and a reading far in the future causes no overflow. Readings need only fit in a
+/// `u64`; the throttle keeps time up to 2^54 us (about 570 years) past the origin.
+///
+/// Only [`now_nanos`](Clock::now_nanos) is required. A clock that keeps its own time, as
+/// [`ManualClock`] does, also implements [`wait_for`](Clock::wait_for) and
+/// [`done_waiting`](Clock::done_waiting) so that a wait moves its time instead of sleeping.
 ///
 /// # Examples
 ///
@@ -35,28 +40,97 @@ pub trait Clock {
     /// The current reading, in nanoseconds since the clock's origin.
     fn now_nanos(&self) -> u64;
 
-    /// Blocks the calling thread for about `duration`, on behalf of a deferral waiting for its
-    /// deadline. The default sleeps the thread (under `cfg(loom)`, it yields to the model).
-    /// [`ManualClock`] overrides it to advance its own time instead.
+    /// Says how a waiter should wait for this clock to read `deadline` (nanoseconds).
+    ///
+    /// Every wait the crate makes (a blocking [`Deferral::run`](crate::Deferral::run), the
+    /// async waits, the timer threads) calls it before each wait, with a [`Waker`] that wakes
+    /// the waiter, and calls [`done_waiting`](Clock::done_waiting) with the same waker when
+    /// the wait ends. The default, for clocks that follow real time, answers
+    /// [`Wait::Sleep`]: the waiter sleeps the remaining time on its own timer.
     ///
     /// # Examples
     ///
     /// ```
-    /// use atomic_throttle::{Clock, ManualClock};
-    /// use std::time::Duration;
+    /// use atomic_throttle::{Clock, ManualClock, Wait};
+    /// use std::task::Waker;
     ///
     /// let clock = ManualClock::new();
-    /// clock.sleep(Duration::from_millis(3));
-    /// assert_eq!(clock.now_nanos(), 3_000_000);
+    /// let waker = Waker::noop();
+    /// assert_eq!(clock.wait_for(5_000, waker), Wait::Yield); // a new waiter: let others register
+    /// assert_eq!(clock.wait_for(5_000, waker), Wait::Now); // moved to its deadline
+    /// assert_eq!(clock.now_nanos(), 5_000);
+    /// clock.done_waiting(waker);
+    /// ```
+    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
+        let _ = (deadline, waker);
+        Wait::Sleep
+    }
+
+    /// Ends a wait that [`wait_for`](Clock::wait_for) took part in. The default does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Clock, DefaultClock};
+    /// DefaultClock::new().done_waiting(std::task::Waker::noop());
+    /// ```
+    fn done_waiting(&self, waker: &Waker) {
+        let _ = waker;
+    }
+
+    /// Blocks the calling thread for about `duration`, on behalf of a waiter that
+    /// [`wait_for`](Clock::wait_for) told to [sleep](Wait::Sleep). It may return early, and
+    /// must return when the thread is unparked: that is how a cancel, a flush or a new
+    /// threshold reaches a waiting owner. The default parks the thread with a timeout (under
+    /// `cfg(loom)`, it yields to the model).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Clock, DefaultClock};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let started = Instant::now();
+    /// DefaultClock::new().sleep(Duration::from_millis(2));
+    /// assert!(started.elapsed() < Duration::from_secs(1));
     /// ```
     fn sleep(&self, duration: Duration) {
-        sync::sleep(duration);
+        sync::park_timeout(duration);
     }
+}
+
+/// How a waiter waits for a clock to reach its deadline: [`Clock::wait_for`]'s answer.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{Clock, DefaultClock, Wait};
+/// assert_eq!(DefaultClock::new().wait_for(1, std::task::Waker::noop()), Wait::Sleep);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Wait {
+    /// The clock has moved: look again at once.
+    Now,
+    /// Let other waiters run (a thread yields; a task wakes itself and returns `Pending`),
+    /// then look again.
+    Yield,
+    /// The clock follows real time: sleep the remaining time (a thread through
+    /// [`Clock::sleep`], a task on its executor's timer), then look again.
+    Sleep,
+    /// The clock wakes the waker when it moves: wait for that, with no timer.
+    UntilWoken,
 }
 
 impl<C: Clock + ?Sized> Clock for &C {
     fn now_nanos(&self) -> u64 {
         (**self).now_nanos()
+    }
+    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
+        (**self).wait_for(deadline, waker)
+    }
+    fn done_waiting(&self, waker: &Waker) {
+        (**self).done_waiting(waker)
     }
     fn sleep(&self, duration: Duration) {
         (**self).sleep(duration)
@@ -67,31 +141,48 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     fn now_nanos(&self) -> u64 {
         (**self).now_nanos()
     }
+    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
+        (**self).wait_for(deadline, waker)
+    }
+    fn done_waiting(&self, waker: &Waker) {
+        (**self).done_waiting(waker)
+    }
     fn sleep(&self, duration: Duration) {
         (**self).sleep(duration)
     }
 }
 
 /// The clock a [`Throttle`](crate::Throttle) uses unless told otherwise: quanta's TSC-based
-/// clock, calibrated once per process and shared by every throttle.
+/// clock, calibrated once per process and shared by every throttle, with the operating
+/// system's monotonic clock as its fallback.
 ///
-/// The first reading in a process calibrates quanta's clock, which can take up to 200 ms;
-/// [`DefaultClock::new`] does it eagerly, so constructing a throttle pays it, not the first
-/// admission. Readings count from the first use in the process.
+/// [`DefaultClock::new`] is a `const fn` that does nothing: the clock calibrates on its first
+/// reading in the process (quanta measures the TSC against the OS clock, which takes up to a
+/// few tens of milliseconds), so a `static` throttle costs nothing until it is first used.
+/// [`DefaultClock::calibrate`] does it eagerly. Readings count from the first use.
 ///
-/// The TSC can step backwards across cores by a few nanoseconds; the throttle counts such a
-/// step as no time (SPEC G5).
+/// # Skewed TSCs
+///
+/// On machines whose cores' TSCs are not synchronized, readings taken on different cores can
+/// step backwards and forwards by up to seconds (quanta issue 111). The throttle counts a
+/// backward step as no time, so such a step would delay deferred runs by up to its size.
+/// `DefaultClock` watches for it: each reading is compared with a process-wide high-water
+/// mark of earlier readings, and a reading more than [`DefaultClock::SKEW_BOUND`] (10 ms)
+/// behind it switches the whole process to the OS monotonic clock (`std::time::Instant`),
+/// continued from the high-water mark so that time never runs backwards across the switch.
+/// Smaller steps are not detected; they delay a run by at most their size.
+/// [`DefaultClock::source`] says which source is in use.
 ///
 /// # Waiting
 ///
-/// A deferral waits for its deadline through [`Clock::sleep`]. `DefaultClock` sleeps the
+/// A deferral waits for its deadline through [`Clock::sleep`]. `DefaultClock` parks the
 /// thread until `spin` before the deadline, then busy-waits the rest on the clock, since an OS
 /// sleep tends to overshoot by tens of microseconds. The default `spin` is
 /// [`DefaultClock::DEFAULT_SPIN`]; [`DefaultClock::with_spin`] trades CPU for lateness.
 ///
 /// Under `cfg(loom)`, `DefaultClock` is a virtual clock instead, so that code using the
-/// default throttle still model-checks: it starts at zero in every execution of a model,
-/// stands still unless a deferral waits on it, and a wait advances it by the time waited.
+/// default throttle still model-checks: it starts at zero in every execution of a model and
+/// moves like a [`ManualClock`] that advances for its waiters.
 ///
 /// # Examples
 ///
@@ -102,7 +193,7 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
 /// let earlier = clock.now_nanos();
 /// assert!(clock.now_nanos() >= earlier);
 /// ```
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DefaultClock {
     spin: Duration,
 }
@@ -111,6 +202,23 @@ impl Default for DefaultClock {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Which source a [`DefaultClock`] reads.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{ClockSource, DefaultClock};
+/// let source = DefaultClock::source();
+/// assert!(source == ClockSource::Tsc || source == ClockSource::Os);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClockSource {
+    /// quanta's TSC clock: about 10 ns a reading.
+    Tsc,
+    /// The operating system's monotonic clock, after a skewed TSC was detected.
+    Os,
 }
 
 impl DefaultClock {
@@ -123,20 +231,39 @@ impl DefaultClock {
     /// the sleep overshoots into it.
     pub const DEFAULT_SPIN: Duration = Duration::from_micros(100);
 
-    /// Returns the process's clock, calibrating it if this is its first use.
+    /// How far behind the process's earlier readings a reading may fall before the clock
+    /// treats the TSC as skewed and switches to the OS clock.
+    pub const SKEW_BOUND: Duration = Duration::from_millis(10);
+
+    /// The process's clock. Calibration waits for its first reading.
     ///
     /// # Examples
     ///
     /// ```
-    /// let clock = atomic_throttle::DefaultClock::new();
-    /// # let _ = clock;
+    /// use atomic_throttle::DefaultClock;
+    /// const CLOCK: DefaultClock = DefaultClock::new();
+    /// # let _ = CLOCK;
     /// ```
-    pub fn new() -> Self {
-        #[cfg(not(loom))]
-        let _ = process_clock();
+    pub const fn new() -> Self {
         Self {
             spin: Self::DEFAULT_SPIN,
         }
+    }
+
+    /// Calibrates the process's clock now, if it has not been, so that the first admission
+    /// does not pay for it; returns the clock.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Clock, DefaultClock};
+    /// let clock = DefaultClock::calibrate();
+    /// assert!(clock.now_nanos() < u64::MAX);
+    /// ```
+    pub fn calibrate() -> Self {
+        #[cfg(not(loom))]
+        let _ = tsc::process();
+        Self::new()
     }
 
     /// The same clock, with waits that busy-wait the last `spin` before a deadline instead of
@@ -148,13 +275,13 @@ impl DefaultClock {
     /// use atomic_throttle::{DefaultClock, Throttle};
     /// use std::time::Duration;
     ///
-    /// let clock = DefaultClock::new().with_spin(Duration::from_micros(100));
-    /// assert_eq!(clock.spin(), Duration::from_micros(100));
+    /// let clock = DefaultClock::new().with_spin(Duration::from_micros(20));
+    /// assert_eq!(clock.spin(), Duration::from_micros(20));
     /// let throttle = Throttle::with_clock(Duration::from_millis(1), clock)?;
     /// # let _ = throttle;
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
-    pub fn with_spin(self, spin: Duration) -> Self {
+    pub const fn with_spin(self, spin: Duration) -> Self {
         Self { spin }
     }
 
@@ -166,8 +293,29 @@ impl DefaultClock {
     /// # use atomic_throttle::DefaultClock;
     /// assert_eq!(DefaultClock::new().spin(), DefaultClock::DEFAULT_SPIN);
     /// ```
-    pub fn spin(&self) -> Duration {
+    pub const fn spin(&self) -> Duration {
         self.spin
+    }
+
+    /// Which source the process's clock reads: the TSC, or the OS clock once a skewed TSC has
+    /// been detected (see "Skewed TSCs" above).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Clock, ClockSource, DefaultClock};
+    /// let _ = DefaultClock::new().now_nanos();
+    /// assert_eq!(DefaultClock::source(), ClockSource::Tsc); // on a machine with synced TSCs
+    /// ```
+    pub fn source() -> ClockSource {
+        #[cfg(not(loom))]
+        {
+            tsc::process().source()
+        }
+        #[cfg(loom)]
+        {
+            ClockSource::Tsc
+        }
     }
 }
 
@@ -181,39 +329,209 @@ impl fmt::Debug for DefaultClock {
 }
 
 #[cfg(not(loom))]
-struct ProcessClock {
-    clock: quanta::Clock,
-    origin: u64,
-}
-
-#[cfg(not(loom))]
-fn process_clock() -> &'static ProcessClock {
-    static CLOCK: std::sync::OnceLock<ProcessClock> = std::sync::OnceLock::new();
-    CLOCK.get_or_init(|| {
-        let clock = quanta::Clock::new();
-        let origin = clock.raw();
-        ProcessClock { clock, origin }
-    })
-}
-
-#[cfg(not(loom))]
 impl Clock for DefaultClock {
     #[inline]
     fn now_nanos(&self) -> u64 {
-        let process = process_clock();
-        // `delta_as_nanos` answers zero for a raw reading at or before the origin.
-        process
-            .clock
-            .delta_as_nanos(process.origin, process.clock.raw())
+        tsc::process().now_nanos()
     }
 
+    /// Parks until `spin` before the end of `duration`; inside the last `spin`, busy-waits one
+    /// step and returns, so that the waiter looks at its deadline (and at a cancel or flush)
+    /// on every step.
     fn sleep(&self, duration: Duration) {
-        let end = self.now_nanos().saturating_add(nanos_saturating(duration));
-        if let Some(sleep) = duration.checked_sub(self.spin) {
-            sync::sleep(sleep);
+        match duration.checked_sub(self.spin) {
+            Some(sleep) if !sleep.is_zero() => sync::park_timeout(sleep),
+            _ => sync::spin(),
         }
-        while self.now_nanos() < end {
-            sync::spin();
+    }
+}
+
+/// The TSC clock with its high-water mark and OS fallback.
+#[cfg(not(loom))]
+mod tsc {
+    use super::ClockSource;
+    use crate::sync::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    /// A raw source of nanoseconds: the TSC in production, a simulated one in tests.
+    pub(super) trait Source {
+        fn read(&self) -> u64;
+    }
+
+    impl Source for (quanta::Clock, u64) {
+        #[inline]
+        fn read(&self) -> u64 {
+            // `delta_as_nanos` answers zero for a raw reading at or before the origin.
+            self.0.delta_as_nanos(self.1, self.0.raw())
+        }
+    }
+
+    /// The OS monotonic clock, continued from where the skewed source was abandoned.
+    #[derive(Debug)]
+    struct Fallback {
+        since: Instant,
+        from: u64,
+    }
+
+    /// A source watched for backward steps, with the OS clock as its fallback.
+    pub(super) struct Watched<S> {
+        source: S,
+        /// The latest reading any thread has published; readings more than `bound` behind it
+        /// mean the source is skewed.
+        high_water: AtomicU64,
+        skewed: AtomicBool,
+        fallback: OnceLock<Fallback>,
+        bound: u64,
+    }
+
+    /// How often, at most, a reading moves the high-water mark: it is a shared write.
+    const PUBLISH_EVERY: u64 = 1_000_000;
+
+    impl<S: Source> Watched<S> {
+        pub(super) fn new(source: S, bound: u64) -> Self {
+            Self {
+                source,
+                high_water: AtomicU64::new(0),
+                skewed: AtomicBool::new(false),
+                fallback: OnceLock::new(),
+                bound,
+            }
+        }
+
+        #[inline]
+        pub(super) fn now_nanos(&self) -> u64 {
+            // Relaxed: the flag and the mark are hints about one clock, ordered with nothing
+            // else; a stale value costs one more TSC reading or a later switch.
+            if self.skewed.load(Ordering::Relaxed) {
+                return self.os_now();
+            }
+            // The mark is read before the source, so that on synchronized TSCs the reading can
+            // only be later than every reading the mark holds, however long this thread is
+            // descheduled in between.
+            let high = self.high_water.load(Ordering::Relaxed);
+            let now = self.source.read();
+            if now >= high {
+                if now - high >= PUBLISH_EVERY {
+                    self.high_water.fetch_max(now, Ordering::Relaxed);
+                }
+                now
+            } else if high - now > self.bound {
+                self.switch(high)
+            } else {
+                now
+            }
+        }
+
+        #[cold]
+        fn switch(&self, high: u64) -> u64 {
+            self.fallback.get_or_init(|| Fallback {
+                since: Instant::now(),
+                from: high,
+            });
+            self.skewed.store(true, Ordering::Relaxed);
+            self.os_now()
+        }
+
+        fn os_now(&self) -> u64 {
+            let fallback = self
+                .fallback
+                .get()
+                .expect("the fallback is set before the flag");
+            let elapsed = u64::try_from(fallback.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            fallback.from.saturating_add(elapsed)
+        }
+
+        pub(super) fn source(&self) -> ClockSource {
+            if self.skewed.load(Ordering::Relaxed) {
+                ClockSource::Os
+            } else {
+                ClockSource::Tsc
+            }
+        }
+    }
+
+    /// The process's clock, calibrated on first use.
+    pub(super) fn process() -> &'static Watched<(quanta::Clock, u64)> {
+        static CLOCK: OnceLock<Watched<(quanta::Clock, u64)>> = OnceLock::new();
+        CLOCK.get_or_init(|| {
+            let clock = quanta::Clock::new();
+            let origin = clock.raw();
+            let bound = super::DefaultClock::SKEW_BOUND.as_nanos() as u64;
+            Watched::new((clock, origin), bound)
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::cell::Cell;
+        use std::sync::atomic::AtomicU64 as StdU64;
+
+        thread_local! {
+            /// How far this thread's simulated core lags the others.
+            static LAG: Cell<u64> = const { Cell::new(0) };
+        }
+
+        /// A TSC whose readings lag by a per-thread offset: a core that is behind the others.
+        struct PerThreadOffset(StdU64);
+
+        impl Source for PerThreadOffset {
+            fn read(&self) -> u64 {
+                let now = self.0.fetch_add(1_000, Ordering::Relaxed) + 1_000;
+                now.saturating_sub(LAG.with(Cell::get))
+            }
+        }
+
+        #[test]
+        fn a_core_far_behind_switches_the_process_to_the_os_clock() {
+            let clock = Watched::new(PerThreadOffset(StdU64::new(5_000_000_000)), 10_000_000);
+            let ahead = clock.now_nanos();
+            // Past the publishing interval: the mark moves up to this core's readings.
+            for _ in 0..2_000 {
+                clock.now_nanos();
+            }
+            let high = clock.now_nanos();
+            assert_eq!(clock.source(), ClockSource::Tsc);
+            let behind = std::thread::scope(|s| {
+                s.spawn(|| {
+                    LAG.with(|lag| lag.set(1_600_000_000)); // 1.6 s behind, as in quanta #111
+                    clock.now_nanos()
+                })
+                .join()
+                .unwrap()
+            });
+            assert_eq!(clock.source(), ClockSource::Os, "the skew was not detected");
+            // Time did not step back across the switch, and moves on from there.
+            assert!(
+                behind >= high.min(ahead) && behind + 2_000_000 >= high,
+                "{behind} < {high}"
+            );
+            let later = clock.now_nanos();
+            assert!(later >= behind);
+        }
+
+        #[test]
+        fn small_steps_back_are_tolerated() {
+            let clock = Watched::new(PerThreadOffset(StdU64::new(5_000_000_000)), 10_000_000);
+            for _ in 0..2_000 {
+                clock.now_nanos();
+            }
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    LAG.with(|lag| lag.set(3_000_000)); // 3 ms behind: within the bound
+                    clock.now_nanos()
+                });
+            });
+            assert_eq!(clock.source(), ClockSource::Tsc);
+        }
+
+        #[test]
+        fn the_process_clock_moves_forward() {
+            let clock = process();
+            let earlier = clock.now_nanos();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            assert!(clock.now_nanos() >= earlier + 2_000_000);
         }
     }
 }
@@ -228,18 +546,166 @@ impl Clock for DefaultClock {
     fn now_nanos(&self) -> u64 {
         VIRTUAL_NANOS.now_nanos()
     }
-    fn sleep(&self, duration: Duration) {
-        VIRTUAL_NANOS.sleep(duration)
+    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
+        VIRTUAL_NANOS.wait_for(deadline, waker)
+    }
+    fn done_waiting(&self, waker: &Waker) {
+        VIRTUAL_NANOS.done_waiting(waker)
     }
 }
 
-/// A clock that moves only when told to: for deterministic tests and loom models.
+/// A clock that reads a value an upkeep thread refreshes: a reading costs one atomic load.
+///
+/// For throttles that read the clock on every call: a [leading-only](crate::Mode::LeadingOnly)
+/// throttle, or a throttle with a [lease](crate::ThrottleBuilder::lease), whose suppressed
+/// and coalesced answers then cost a load of this clock instead of a TSC reading.
+///
+/// **Error bound.** A reading is a [`DefaultClock`] reading the upkeep thread took at most
+/// `resolution` earlier, plus however long that thread was kept from running; it is never
+/// ahead of the default clock. So a throttle on a `CoarseClock` never runs early on the default
+/// clock's time either: its runs are spaced by at least the threshold less `resolution` (and
+/// the upkeep thread's scheduling delay) there, and exactly by the threshold on its own
+/// readings; a deferred run starts up to `resolution` late.
+///
+/// The upkeep thread stops once every clone of the clock is dropped. Under `cfg(loom)` there is
+/// no thread: the clock reads the virtual default clock.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{Clock, CoarseClock};
+/// use std::time::Duration;
+///
+/// let clock = CoarseClock::new(Duration::from_micros(100))?;
+/// let earlier = clock.now_nanos();
+/// std::thread::sleep(Duration::from_millis(2));
+/// assert!(clock.now_nanos() > earlier);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct CoarseClock {
+    shared: std::sync::Arc<CoarseShared>,
+}
+
+struct CoarseShared {
+    #[cfg_attr(loom, allow(dead_code))]
+    nanos: AtomicU64,
+    resolution: Duration,
+}
+
+impl CoarseClock {
+    /// A clock refreshed every `resolution` (at least 1 us) by its own upkeep thread.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error if the upkeep thread cannot be started.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{CoarseClock, Mode, Throttle};
+    /// use std::time::Duration;
+    ///
+    /// let clock = CoarseClock::new(Duration::from_micros(200))?;
+    /// let throttle = Throttle::builder(Duration::from_millis(10))
+    ///     .clock(clock)
+    ///     .mode(Mode::LeadingOnly)
+    ///     .build()
+    ///     .expect("a valid threshold");
+    /// assert!(throttle.admit().is_now());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new(resolution: Duration) -> std::io::Result<Self> {
+        let resolution = resolution.max(Duration::from_micros(1));
+        let shared = std::sync::Arc::new(CoarseShared {
+            nanos: AtomicU64::new(DefaultClock::new().now_nanos()),
+            resolution,
+        });
+        #[cfg(not(loom))]
+        {
+            let weak = std::sync::Arc::downgrade(&shared);
+            std::thread::Builder::new()
+                .name("atomic-throttle-coarse-clock".into())
+                .spawn(move || {
+                    let clock = DefaultClock::new();
+                    while let Some(shared) = weak.upgrade() {
+                        // Relaxed: a reading, ordered with nothing; readers tolerate any age.
+                        shared.nanos.store(clock.now_nanos(), Ordering::Relaxed);
+                        drop(shared);
+                        std::thread::sleep(resolution);
+                    }
+                })?;
+        }
+        Ok(Self { shared })
+    }
+
+    /// How often the upkeep thread refreshes the reading.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::CoarseClock;
+    /// # use std::time::Duration;
+    /// let clock = CoarseClock::new(Duration::from_micros(50))?;
+    /// assert_eq!(clock.resolution(), Duration::from_micros(50));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn resolution(&self) -> Duration {
+        self.shared.resolution
+    }
+}
+
+impl Clock for CoarseClock {
+    #[inline]
+    fn now_nanos(&self) -> u64 {
+        #[cfg(loom)]
+        {
+            DefaultClock::new().now_nanos()
+        }
+        #[cfg(not(loom))]
+        {
+            // Relaxed: see the upkeep thread's store.
+            self.shared.nanos.load(Ordering::Relaxed)
+        }
+    }
+
+    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
+        DefaultClock::new().wait_for(deadline, waker)
+    }
+}
+
+impl fmt::Debug for CoarseClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoarseClock")
+            .field("now_nanos", &self.now_nanos())
+            .field("resolution", &self.shared.resolution)
+            .finish()
+    }
+}
+
+/// A clock that moves only when told to, or for its waiters: for deterministic tests and loom
+/// models.
 ///
 /// Clones share one time. It starts at zero; [`advance`](ManualClock::advance) moves it
-/// forward, [`rewind`](ManualClock::rewind) steps it backwards (a faulty clock, for SPEC G5),
-/// and both saturate at the ends of the `u64` range rather than wrap. A deferral that waits on a
-/// `ManualClock` advances it by the time it waits, the way tokio's paused clock auto-advances,
-/// so a test needs no second thread to move time along.
+/// forward, [`rewind`](ManualClock::rewind) steps it backwards (a faulty clock), and both
+/// saturate at the ends of the `u64` range rather than wrap.
+///
+/// # Waiting
+///
+/// By default the clock advances for its waiters, the way tokio's paused clock does, so that a
+/// test needs no second thread to move time along: every wait the crate offers (a blocking
+/// [`Deferral::run`](crate::Deferral::run), [`Deferral::wait_with`](crate::Deferral::wait_with),
+/// the tokio waits, the timer threads) registers its deadline with the clock, lets other
+/// waiters register too (one yield), then moves the clock to the **earliest** registered
+/// deadline, never further. A waiter with a later deadline waits until the earlier ones are
+/// done, then the clock moves on to the next. In a test that waits on one thread, or on one
+/// executor thread, every wait therefore ends exactly at its deadline. A waiter that registers
+/// after the clock moved past its deadline (another thread's wait got there first) finds its
+/// deadline passed: its run is late, never early.
+///
+/// [`ManualClock::with_auto_advance(false)`](ManualClock::with_auto_advance) makes a clock
+/// that only the test moves: waiters then wait until [`advance`](ManualClock::advance) reaches
+/// their deadline (or a cancel, flush or new threshold wakes them), with no real timer.
 ///
 /// It is built on the crate's sync shim, so under `cfg(loom)` its time is a loom atomic that
 /// the model checker sees.
@@ -254,18 +720,32 @@ impl Clock for DefaultClock {
 /// let throttle = Throttle::with_clock(Duration::from_millis(10), clock.clone())?;
 /// assert!(throttle.admit().is_now());
 /// clock.advance(Duration::from_millis(5));
-/// assert!(throttle.admit().is_deferred());
-/// clock.advance(Duration::from_millis(6));
-/// assert!(throttle.admit().is_now());
-/// # Ok::<(), atomic_throttle::ThresholdError>(())
+/// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+/// deferral.run(|| ())?; // the clock moves to the deadline, exactly
+/// assert_eq!(clock.now(), Duration::from_millis(10));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ManualClock {
-    nanos: Arc<AtomicU64>,
+    shared: std::sync::Arc<ManualShared>,
+}
+
+struct ManualShared {
+    nanos: AtomicU64,
+    auto_advance: bool,
+    /// Every waiter's deadline and waker, until its wait ends. A plain `std` mutex, also under
+    /// loom: no loom operation happens while it is held, so it cannot hold up a model.
+    waiters: std::sync::Mutex<Vec<(u64, Waker)>>,
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ManualClock {
-    /// A clock at zero.
+    /// A clock at zero that advances for its waiters.
     ///
     /// # Examples
     ///
@@ -274,7 +754,37 @@ impl ManualClock {
     /// assert_eq!(ManualClock::new().now_nanos(), 0);
     /// ```
     pub fn new() -> Self {
-        Self::default()
+        Self::with_auto_advance(true)
+    }
+
+    /// A clock at zero that advances for its waiters (`true`, as [`new`](ManualClock::new)),
+    /// or only when [`advance`](ManualClock::advance) is called (`false`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Admission, ManualClock, Throttle};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::with_auto_advance(false);
+    /// let throttle = Throttle::with_clock(Duration::from_millis(10), clock.clone())?;
+    /// let _ = throttle.admit();
+    /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+    /// std::thread::scope(|s| {
+    ///     let owner = s.spawn(|| deferral.run(|| clock.now()));
+    ///     clock.advance(Duration::from_millis(10)); // the waiting owner wakes and runs
+    ///     assert_eq!(owner.join().unwrap(), Ok(Duration::from_millis(10)));
+    /// });
+    /// # Ok::<(), atomic_throttle::ThresholdError>(())
+    /// ```
+    pub fn with_auto_advance(auto_advance: bool) -> Self {
+        Self {
+            shared: std::sync::Arc::new(ManualShared {
+                nanos: AtomicU64::new(0),
+                auto_advance,
+                waiters: std::sync::Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     /// The current reading as a [`Duration`] since the clock's origin.
@@ -293,7 +803,8 @@ impl ManualClock {
         Duration::from_nanos(self.now_nanos())
     }
 
-    /// Moves the clock forward by `duration`, saturating at `u64::MAX` nanoseconds.
+    /// Moves the clock forward by `duration`, saturating at `u64::MAX` nanoseconds, and wakes
+    /// the waiters whose deadline it reached.
     ///
     /// # Examples
     ///
@@ -309,11 +820,12 @@ impl ManualClock {
     /// ```
     pub fn advance(&self, duration: Duration) {
         let step = nanos_saturating(duration);
-        self.update(|now| now.saturating_add(step));
+        let now = self.update(|now| now.saturating_add(step));
+        self.wake_due(now);
     }
 
-    /// Steps the clock backwards by `duration`, saturating at zero: the fault SPEC G5 asks the
-    /// throttle to survive.
+    /// Steps the clock backwards by `duration`, saturating at zero: the fault the throttle
+    /// must survive.
     ///
     /// # Examples
     ///
@@ -333,26 +845,122 @@ impl ManualClock {
         self.update(|now| now.saturating_sub(step));
     }
 
-    fn update(&self, step: impl Fn(u64) -> u64) {
+    /// Whether the clock advances for its waiters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::ManualClock;
+    /// assert!(ManualClock::new().auto_advances());
+    /// assert!(!ManualClock::with_auto_advance(false).auto_advances());
+    /// ```
+    pub fn auto_advances(&self) -> bool {
+        self.shared.auto_advance
+    }
+
+    /// How many waits are registered with the clock right now: for tests that must know that
+    /// an owner is waiting before they move time or cancel it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::ManualClock;
+    /// assert_eq!(ManualClock::new().waiters(), 0);
+    /// ```
+    pub fn waiters(&self) -> usize {
+        self.waiters_lock().len()
+    }
+
+    fn update(&self, step: impl Fn(u64) -> u64) -> u64 {
         // AcqRel: a test's advance happens-before the readings that see it, and a reading that
         // sees it sees whatever the test did before moving time. The throttle itself needs no
         // ordering from its clock: a reading that looks stale counts as no time.
-        let _ = self
+        let before = self
+            .shared
             .nanos
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| Some(step(now)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| Some(step(now)))
+            .unwrap_or_else(|now| now);
+        step(before)
+    }
+
+    fn waiters_lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Waker)>> {
+        self.shared
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes every waiter whose deadline `now` has reached.
+    fn wake_due(&self, now: u64) {
+        let due: Vec<Waker> = self
+            .waiters_lock()
+            .iter()
+            .filter(|(deadline, _)| *deadline <= now)
+            .map(|(_, waker)| waker.clone())
+            .collect();
+        for waker in due {
+            waker.wake();
+        }
     }
 }
 
 impl Clock for ManualClock {
     fn now_nanos(&self) -> u64 {
         // Acquire: pairs with the AcqRel update in `advance`/`rewind` (see there).
-        self.nanos.load(Ordering::Acquire)
+        self.shared.nanos.load(Ordering::Acquire)
     }
 
-    /// Advances the clock by `duration`, then yields.
+    /// Registers the waiter. Without auto-advance, it then waits to be woken (or looks again
+    /// at once if its deadline has come). With auto-advance, a new waiter first yields, so
+    /// that others can register; after that the clock moves to the earliest registered
+    /// deadline, never past it, and wakes the waiters that reached theirs.
+    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
+        let earliest = {
+            let mut waiters = self.waiters_lock();
+            match waiters.iter_mut().find(|(_, known)| known.will_wake(waker)) {
+                Some(entry) => entry.0 = deadline,
+                None => {
+                    waiters.push((deadline, waker.clone()));
+                    if self.shared.auto_advance {
+                        return Wait::Yield;
+                    }
+                }
+            }
+            waiters.iter().map(|(deadline, _)| *deadline).min()
+        };
+        if let (true, Some(earliest)) = (self.shared.auto_advance, earliest) {
+            // Outside the lock: under loom this is a model operation.
+            let now = self.update(|now| now.max(earliest));
+            if now >= earliest {
+                self.wake_due(now);
+            }
+        }
+        if self.now_nanos() >= deadline {
+            Wait::Now
+        } else {
+            Wait::UntilWoken
+        }
+    }
+
+    /// Unregisters the waiter, and wakes the others so that the clock can move on to the next
+    /// deadline.
+    fn done_waiting(&self, waker: &Waker) {
+        let others: Vec<Waker> = {
+            let mut waiters = self.waiters_lock();
+            waiters.retain(|(_, known)| !known.will_wake(waker));
+            waiters.iter().map(|(_, waker)| waker.clone()).collect()
+        };
+        if self.shared.auto_advance {
+            for waker in others {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Blocks for a moment of real time, or until unparked: only reached by a caller that does
+    /// not go through [`wait_for`](Clock::wait_for).
     fn sleep(&self, duration: Duration) {
-        self.advance(duration);
-        sync::yield_now();
+        sync::park_timeout(duration.min(Duration::from_millis(1)));
     }
 }
 
@@ -360,11 +968,18 @@ impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ManualClock")
             .field("now_nanos", &self.now_nanos())
+            .field("auto_advance", &self.shared.auto_advance)
+            .field("waiters", &self.waiters())
             .finish()
     }
 }
 
 /// `duration` in nanoseconds, saturating at `u64::MAX`.
-pub(crate) fn nanos_saturating(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+pub(crate) const fn nanos_saturating(duration: Duration) -> u64 {
+    let nanos = duration.as_nanos();
+    if nanos > u64::MAX as u128 {
+        u64::MAX
+    } else {
+        nanos as u64
+    }
 }

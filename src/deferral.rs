@@ -1,24 +1,37 @@
-//! Ownership of the single deferred run.
+//! Ownership of the single deferred run: one generic handle for a borrowed or a shared
+//! throttle.
 
-use crate::clock::{Clock, DefaultClock};
-use crate::throttle::Throttle;
+use crate::clock::DefaultClock;
+use crate::throttle::{Throttle, ThrottleRef};
+use crate::wait::Look;
 use core::fmt;
 use core::future::Future;
-use core::mem;
 use core::time::Duration;
 use std::sync::Arc;
 
 /// The single deferred run, owned by the caller that claimed it.
 ///
-/// The owner either runs it ([`run`](Deferral::run), or [`try_run`](Deferral::try_run) from
-/// its own event loop) or gives it up by dropping it: a panic unwinding through it, a cancelled
-/// future holding it, an early return. Dropping releases the deferral in one atomic step, so
-/// the next admission is Deferred (or Now, past the window), never Coalesced behind an owner
-/// who is gone (SPEC G2). A release only clears the exact state word this owner installed: it
-/// can never clear a later owner's deferral.
+/// `T` is how it holds its throttle: `&Throttle` from [`Throttle::admit`], `Arc<Throttle>`
+/// from [`Throttle::admit_owned`] ([`OwnedDeferral`], which can move to another thread or
+/// task). Both behave the same.
 ///
-/// [`mem::forget`] on a deferral is the one way to strand it: every later call is then
-/// Coalesced.
+/// The owner either runs it ([`run`](Deferral::run), an async wait such as
+/// [`wait_with`](Deferral::wait_with), or [`try_run`](Deferral::try_run) from its own event
+/// loop) or gives it up by dropping it: a panic unwinding through it, a cancelled future
+/// holding it, an early return. Dropping releases the deferral in one atomic step, so the next
+/// admission is Deferred (or Now, past the window), never Coalesced behind an owner who is
+/// gone (guarantee 2). A release only clears the exact state word this owner installed: it can
+/// never clear a later owner's deferral, and once the run is stamped there is nothing left to
+/// release.
+///
+/// A deferral can be revoked while its owner holds it: by [`Throttle::cancel`], or, on a
+/// throttle with a [lease](crate::ThrottleBuilder::lease), by an admission that takes it over
+/// once the lease has expired. Its run then reports [`Revoked`] and does not run the work.
+/// On a throttle without a lease that nobody cancels, a run is never revoked.
+///
+/// [`mem::forget`](core::mem::forget) on a deferral runs no destructor, so without a lease it
+/// strands the deferral: every later call is Coalesced. With a lease, it is taken over once
+/// the lease expires.
 ///
 /// # Examples
 ///
@@ -29,32 +42,158 @@ use std::sync::Arc;
 /// let throttle = Throttle::new(Duration::from_millis(2));
 /// let _ = throttle.admit(); // Now
 /// if let Admission::Deferred(deferral) = throttle.admit() {
-///     assert!(deferral.remaining() <= Duration::from_millis(3));
+///     assert!(deferral.remaining() <= Duration::from_millis(2));
 ///     let answer = deferral.run(|| 42); // sleeps until the deadline, then runs
-///     assert_eq!(answer, 42);
+///     assert_eq!(answer, Ok(42));
 /// };
 /// ```
 #[must_use = "dropping a Deferral gives the deferred run up"]
-pub struct Deferral<'a, C: Clock = DefaultClock> {
-    throttle: &'a Throttle<C>,
+pub struct Deferral<T: ThrottleRef> {
+    throttle: T,
     /// The state word this owner installed when it claimed the deferral.
     word: u64,
+    /// Set once the run is stamped, revoked or handed over: nothing is left to release.
+    spent: bool,
 }
 
-impl<'a, C: Clock> Deferral<'a, C> {
-    pub(crate) fn new(throttle: &'a Throttle<C>, word: u64) -> Self {
-        Self { throttle, word }
+/// A [`Deferral`] that holds its throttle through an [`Arc`], so that it can move to another
+/// thread or task: from [`Throttle::admit_owned`].
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{OwnedAdmission, Throttle};
+/// use std::{sync::Arc, thread, time::Duration};
+///
+/// let throttle = Arc::new(Throttle::new(Duration::from_millis(1)));
+/// let _ = throttle.admit_owned();
+/// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
+/// let worker = thread::spawn(move || deferral.run(|| "ran on the worker"));
+/// assert_eq!(worker.join().unwrap(), Ok("ran on the worker"));
+/// ```
+pub type OwnedDeferral<C = DefaultClock> = Deferral<Arc<Throttle<C>>>;
+
+/// Why a deferral's run did not happen: it was taken from its owner.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{Admission, Revoked, Throttle};
+/// use std::time::Duration;
+///
+/// let throttle = Throttle::new(Duration::from_secs(1));
+/// let _ = throttle.admit();
+/// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+/// throttle.cancel();
+/// assert_eq!(deferral.run(|| ()), Err(Revoked::Cancelled));
+/// assert_eq!(Revoked::Cancelled.to_string(), "the deferral was cancelled");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Revoked {
+    /// [`Throttle::cancel`] withdrew it.
+    Cancelled,
+    /// Its lease expired before it was stamped, and an admission took it over and ran in its
+    /// place. (An owner that finds its deferral gone after its lease expired is told this even
+    /// if a cancel got there first: either way it came back too late.)
+    TakenOver,
+}
+
+impl fmt::Display for Revoked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Revoked::Cancelled => "the deferral was cancelled",
+            Revoked::TakenOver => "the deferral's lease expired and it was taken over",
+        })
+    }
+}
+
+impl std::error::Error for Revoked {}
+
+/// Why [`Deferral::try_run`] did not run the work.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::{Admission, NotRun, Throttle};
+/// use std::time::Duration;
+///
+/// let throttle = Throttle::new(Duration::from_secs(60));
+/// let _ = throttle.admit();
+/// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+/// let deferral = match deferral.try_run(|| ()) {
+///     Err(NotRun::NotDue(deferral)) => deferral, // still ours: try again later
+///     Err(NotRun::Revoked(why)) => panic!("{why}"),
+///     Ok(()) => unreachable!("not due for a minute"),
+/// };
+/// drop(deferral);
+/// ```
+pub enum NotRun<D> {
+    /// Its deadline has not come: here is the deferral back.
+    NotDue(D),
+    /// It was revoked; there is nothing left to run.
+    Revoked(Revoked),
+}
+
+impl<D> NotRun<D> {
+    /// The deferral, if it is still due to run later.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::{Admission, Throttle};
+    /// # use std::time::Duration;
+    /// let throttle = Throttle::new(Duration::from_secs(60));
+    /// let _ = throttle.admit();
+    /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
+    /// let deferral = deferral.try_run(|| ()).unwrap_err().not_due().expect("still ours");
+    /// # drop(deferral);
+    /// ```
+    pub fn not_due(self) -> Option<D> {
+        match self {
+            NotRun::NotDue(deferral) => Some(deferral),
+            NotRun::Revoked(_) => None,
+        }
+    }
+}
+
+impl<D> fmt::Debug for NotRun<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotRun::NotDue(_) => f.write_str("NotDue(..)"),
+            NotRun::Revoked(why) => f.debug_tuple("Revoked").field(why).finish(),
+        }
+    }
+}
+
+impl<D> fmt::Display for NotRun<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotRun::NotDue(_) => f.write_str("the deferral is not due yet"),
+            NotRun::Revoked(why) => why.fmt(f),
+        }
+    }
+}
+
+impl<D> std::error::Error for NotRun<D> {}
+
+impl<T: ThrottleRef> Deferral<T> {
+    pub(crate) fn new(throttle: T, word: u64) -> Self {
+        Self {
+            throttle,
+            word,
+            spent: false,
+        }
     }
 
-    /// Hands the claim over without releasing it.
-    pub(crate) fn disown(self) -> u64 {
-        let word = self.word;
-        mem::forget(self);
-        word
+    /// Hands the claim over without releasing it: the caller takes charge of the word.
+    pub(crate) fn disown(mut self) -> u64 {
+        self.spent = true;
+        self.word
     }
 
     /// When the deferred run may start, in the throttle clock's nanoseconds
-    /// ([`Clock::now_nanos`]); `u64::MAX` if that lies past the end of the clock's range.
+    /// ([`Clock::now_nanos`](crate::Clock::now_nanos)): the last run's stamp plus the threshold in force. `u64::MAX`
+    /// if that lies past the end of the throttle's time.
     ///
     /// # Examples
     ///
@@ -65,8 +204,7 @@ impl<'a, C: Clock> Deferral<'a, C> {
     /// let throttle = Throttle::with_clock(Duration::from_millis(1), ManualClock::new())?;
     /// let _ = throttle.admit();
     /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
-    /// // The window ends a threshold after the last run, rounded up to the throttle's ticks.
-    /// assert!(deferral.deadline() >= 1_000_000);
+    /// assert_eq!(deferral.deadline(), 1_000_000); // exactly a threshold after the last run
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn deadline(&self) -> u64 {
@@ -82,11 +220,12 @@ impl<'a, C: Clock> Deferral<'a, C> {
     /// use std::time::Duration;
     ///
     /// let clock = ManualClock::new();
-    /// let throttle = Throttle::with_clock(Duration::from_millis(1), clock.clone())?;
+    /// let throttle = Throttle::with_clock(Duration::from_millis(10), clock.clone())?;
     /// let _ = throttle.admit();
+    /// clock.advance(Duration::from_millis(3));
     /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
-    /// assert!(deferral.remaining() >= Duration::from_millis(1));
-    /// clock.advance(Duration::from_millis(2));
+    /// assert_eq!(deferral.remaining(), Duration::from_millis(7));
+    /// clock.advance(Duration::from_millis(7));
     /// assert_eq!(deferral.remaining(), Duration::ZERO);
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
@@ -94,16 +233,23 @@ impl<'a, C: Clock> Deferral<'a, C> {
         self.throttle.remaining(self.word)
     }
 
-    /// Blocks until the deadline, stamps the run, then runs `f` and returns its result.
+    /// Blocks until the deadline (or a flush), stamps the run, then runs `f` and returns its
+    /// result.
     ///
-    /// The wait is [`Clock::sleep`] on the throttle's clock, repeated until the deadline has
-    /// passed. The stamp comes before `f`, so a panic in `f` strands nothing: the window has
-    /// already moved on.
+    /// The wait parks the thread, as the throttle's clock says ([`Clock::wait_for`](crate::Clock::wait_for)
+    /// and [`Clock::sleep`](crate::Clock::sleep)), until the deadline has passed. A cancel, a flush or a new threshold
+    /// wakes it at once. The stamp comes before `f`, so a panic in `f` strands nothing: the
+    /// window has already moved on.
     ///
-    /// A deadline past the end of the clock's range ([`deadline`](Deferral::deadline) is
-    /// `u64::MAX`: only a clock that jumped close to 584 years past its origin gets there)
-    /// never comes, and `run` then waits forever; [`try_run`](Deferral::try_run) answers
-    /// "not yet" instead.
+    /// A deadline past the end of the throttle's time ([`deadline`](Deferral::deadline) is
+    /// `u64::MAX`: only a clock that jumped about 570 years past its origin gets there) never
+    /// comes, and `run` then waits until it is cancelled or flushed;
+    /// [`try_run`](Deferral::try_run) answers "not due" instead.
+    ///
+    /// # Errors
+    ///
+    /// [`Revoked`] if the deferral was cancelled or taken over before its run was stamped;
+    /// `f` did not run. Never on a throttle without a lease that nobody cancels.
     ///
     /// # Examples
     ///
@@ -115,29 +261,37 @@ impl<'a, C: Clock> Deferral<'a, C> {
     /// let started = Instant::now();
     /// let _ = throttle.admit();
     /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
-    /// deferral.run(|| assert!(started.elapsed() >= Duration::from_millis(3)));
+    /// deferral.run(|| assert!(started.elapsed() >= Duration::from_millis(3)))?;
+    /// # Ok::<(), atomic_throttle::Revoked>(())
     /// ```
-    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
-        self.throttle.stamp_when_due(self.word);
-        f()
-        // Dropping `self` tries to release `self.word`, which the stamp replaced: no effect.
+    pub fn run<R>(mut self, f: impl FnOnce() -> R) -> Result<R, Revoked> {
+        let stamped = self.throttle.stamp_when_due(self.word);
+        // Stamped or revoked: nothing is left to release.
+        self.spent = true;
+        stamped.map(|_| f())
     }
 
     /// Waits for the deadline on any executor's timer, then stamps the run; the caller runs
-    /// the work when the future completes.
+    /// the work when the future completes with `Ok`.
     ///
     /// `sleep(d)` must return a future that completes after about `d`, such as
     /// `tokio::time::sleep`, `async_io::Timer::after` (mapped to `()`), or a timer of your own
     /// event loop. The future wakes again until the deadline has passed on the throttle's
-    /// clock, so a timer that fires early costs a retry, never an early run. With the `tokio`
-    /// feature, [`wait_async`](Deferral::wait_async) does this with tokio's timer.
+    /// clock, so a timer that fires early costs a retry, never an early run. A cancel, a flush
+    /// or a new threshold wakes the task at once. On a [`ManualClock`](crate::ManualClock) the
+    /// clock advances for the wait and `sleep` is not called. With the `tokio` feature,
+    /// [`wait_async`](Deferral::wait_async) does this with tokio's timer.
+    ///
+    /// # Errors
+    ///
+    /// [`Revoked`] if the deferral was cancelled or taken over first.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future before it completes (a `select!` branch that lost, a timeout, an
     /// aborted task) gives the deferral up, exactly as dropping the deferral does: the next
-    /// call claims a new one. Once the future has completed, the run is stamped and belongs to
-    /// the caller.
+    /// call claims a new one. Once the future has completed with `Ok`, the run is stamped and
+    /// belongs to the caller.
     ///
     /// # Examples
     ///
@@ -175,30 +329,33 @@ impl<'a, C: Clock> Deferral<'a, C> {
     ///     std::thread::sleep(wait); // a real executor would register a timer here
     ///     std::future::ready(())
     /// };
-    /// block_on(deferral.wait_with(timer));
+    /// block_on(deferral.wait_with(timer))?;
     /// assert!(!throttle.is_pending()); // stamped: run the work now
+    /// # Ok::<(), atomic_throttle::Revoked>(())
     /// ```
-    pub async fn wait_with<S, F>(self, sleep: S)
+    pub async fn wait_with<S, F>(mut self, sleep: S) -> Result<(), Revoked>
     where
         S: FnMut(Duration) -> F,
         F: Future<Output = ()>,
     {
-        self.throttle.stamp_when_due_async(self.word, sleep).await;
-        // `self` drops here; the stamp replaced its word, so the release changes nothing.
-        // Dropped earlier, with the future, it releases the deferral.
+        let stamped = self.throttle.stamp_when_due_async(self.word, sleep).await;
+        self.spent = true;
+        stamped.map(drop)
+        // Dropped before this point, with the future, the deferral is released.
     }
 
-    /// Runs `f` if the deadline has passed; otherwise hands the deferral back, for callers
-    /// that wait on their own timer or event loop.
+    /// Runs `f` if the deadline has passed (or the deferral was flushed); otherwise hands the
+    /// deferral back, for callers that wait on their own timer or event loop.
     ///
     /// # Errors
     ///
-    /// The deferral itself, unchanged, when its deadline has not passed yet.
+    /// [`NotRun::NotDue`] with the deferral itself, unchanged, when its deadline has not
+    /// passed yet; [`NotRun::Revoked`] if it was cancelled or taken over.
     ///
     /// # Examples
     ///
     /// ```
-    /// use atomic_throttle::{Admission, ManualClock, Throttle};
+    /// use atomic_throttle::{Admission, ManualClock, NotRun, Throttle};
     /// use std::time::Duration;
     ///
     /// let clock = ManualClock::new();
@@ -206,16 +363,18 @@ impl<'a, C: Clock> Deferral<'a, C> {
     /// let _ = throttle.admit();
     /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
     ///
-    /// let deferral = deferral.try_run(|| "early").unwrap_err(); // not due yet
+    /// let Err(NotRun::NotDue(deferral)) = deferral.try_run(|| "early") else { unreachable!() };
     /// clock.advance(deferral.remaining());
     /// assert_eq!(deferral.try_run(|| "due").ok(), Some("due"));
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
-    pub fn try_run<R>(self, f: impl FnOnce() -> R) -> Result<R, Self> {
-        if self.throttle.try_stamp(self.word) {
-            Ok(f())
-        } else {
-            Err(self)
+    pub fn try_run<R>(mut self, f: impl FnOnce() -> R) -> Result<R, NotRun<Self>> {
+        match self.throttle.try_stamp(self.word) {
+            Look::Until(_) => Err(NotRun::NotDue(self)),
+            Look::Done(stamped) => {
+                self.spent = true;
+                stamped.map(|_| f()).map_err(NotRun::Revoked)
+            }
         }
     }
 
@@ -231,213 +390,25 @@ impl<'a, C: Clock> Deferral<'a, C> {
     /// let Admission::Deferred(deferral) = throttle.admit() else { unreachable!() };
     /// assert!(deferral.throttle().is_pending());
     /// ```
-    pub fn throttle(&self) -> &'a Throttle<C> {
-        self.throttle
-    }
-}
-
-impl<C: Clock> Drop for Deferral<'_, C> {
-    fn drop(&mut self) {
-        self.throttle.release(self.word);
-    }
-}
-
-impl<C: Clock> fmt::Debug for Deferral<'_, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Deferral")
-            .field("deadline", &self.deadline())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The answer to [`Throttle::admit_owned`]: [`Admission`](crate::Admission) for a throttle
-/// shared through an [`Arc`].
-///
-/// # Examples
-///
-/// ```
-/// use atomic_throttle::{OwnedAdmission, Throttle};
-/// use std::{sync::Arc, time::Duration};
-///
-/// let throttle = Arc::new(Throttle::new(Duration::from_secs(1)));
-/// assert!(matches!(throttle.admit_owned(), OwnedAdmission::Now));
-/// ```
-#[must_use = "a Deferred answer releases its deferral when dropped; match on the answer"]
-#[derive(Debug)]
-pub enum OwnedAdmission<C: Clock = DefaultClock> {
-    /// Run at once; the throttle has already stamped the run.
-    Now,
-    /// The caller owns the deferred run.
-    Deferred(OwnedDeferral<C>),
-    /// A deferral is pending; its run will come after this call.
-    Coalesced,
-}
-
-/// A [`Deferral`] that holds its throttle through an [`Arc`], so that it can move to another
-/// thread or task. Its methods and guarantees are those of [`Deferral`].
-///
-/// # Examples
-///
-/// ```
-/// use atomic_throttle::{OwnedAdmission, Throttle};
-/// use std::{sync::Arc, thread, time::Duration};
-///
-/// let throttle = Arc::new(Throttle::new(Duration::from_millis(1)));
-/// let _ = throttle.admit_owned();
-/// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
-/// let worker = thread::spawn(move || deferral.run(|| "ran on the worker"));
-/// assert_eq!(worker.join().unwrap(), "ran on the worker");
-/// ```
-#[must_use = "dropping a deferral gives the deferred run up"]
-pub struct OwnedDeferral<C: Clock = DefaultClock> {
-    throttle: Arc<Throttle<C>>,
-    word: u64,
-}
-
-impl<C: Clock> OwnedDeferral<C> {
-    pub(crate) fn new(throttle: Arc<Throttle<C>>, word: u64) -> Self {
-        Self { throttle, word }
-    }
-
-    /// See [`Deferral::deadline`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::{OwnedAdmission, Throttle};
-    /// # use std::{sync::Arc, time::Duration};
-    /// let throttle = Arc::new(Throttle::new(Duration::from_secs(1)));
-    /// let _ = throttle.admit_owned();
-    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
-    /// assert!(deferral.deadline() > 0);
-    /// ```
-    pub fn deadline(&self) -> u64 {
-        self.throttle.deadline_nanos(self.word)
-    }
-
-    /// See [`Deferral::remaining`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::{OwnedAdmission, Throttle};
-    /// # use std::{sync::Arc, time::Duration};
-    /// let throttle = Arc::new(Throttle::new(Duration::from_secs(1)));
-    /// let _ = throttle.admit_owned();
-    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
-    /// assert!(deferral.remaining() <= Duration::from_secs(1) + Duration::from_micros(3));
-    /// ```
-    pub fn remaining(&self) -> Duration {
-        self.throttle.remaining(self.word)
-    }
-
-    /// See [`Deferral::run`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::{OwnedAdmission, Throttle};
-    /// # use std::{sync::Arc, time::Duration};
-    /// let throttle = Arc::new(Throttle::new(Duration::from_millis(1)));
-    /// let _ = throttle.admit_owned();
-    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
-    /// assert_eq!(deferral.run(|| 5), 5);
-    /// ```
-    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
-        self.throttle.stamp_when_due(self.word);
-        f()
-    }
-
-    /// See [`Deferral::wait_with`].
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropping the future before it completes (a `select!` branch that lost, a timeout, an
-    /// aborted task) gives the deferral up, exactly as dropping the deferral does: the next
-    /// call claims a new one. Once the future has completed, the run is stamped and belongs to
-    /// the caller.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::{ManualClock, OwnedAdmission, Throttle};
-    /// # use std::{future::Future, pin::pin, sync::Arc, task::{Context, Poll}, time::Duration};
-    /// let clock = ManualClock::new();
-    /// let throttle = Arc::new(Throttle::with_clock(Duration::from_millis(1), clock.clone())?);
-    /// let _ = throttle.admit_owned();
-    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
-    /// // A timer that fires at once after moving the manual clock on.
-    /// let timer = |d| {
-    ///     clock.advance(d);
-    ///     std::future::ready(())
-    /// };
-    /// let mut wait = pin!(deferral.wait_with(timer));
-    /// # let waker = std::task::Waker::from(Arc::new(Noop));
-    /// # struct Noop;
-    /// # impl std::task::Wake for Noop { fn wake(self: Arc<Self>) {} }
-    /// assert!(wait.as_mut().poll(&mut Context::from_waker(&waker)).is_ready());
-    /// assert!(!throttle.is_pending());
-    /// # Ok::<(), atomic_throttle::ThresholdError>(())
-    /// ```
-    pub async fn wait_with<S, F>(self, sleep: S)
-    where
-        S: FnMut(Duration) -> F,
-        F: Future<Output = ()>,
-    {
-        self.throttle.stamp_when_due_async(self.word, sleep).await;
-    }
-
-    /// See [`Deferral::try_run`].
-    ///
-    /// # Errors
-    ///
-    /// The deferral itself, unchanged, when its deadline has not passed yet.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::{OwnedAdmission, Throttle};
-    /// # use std::{sync::Arc, time::Duration};
-    /// let throttle = Arc::new(Throttle::new(Duration::from_secs(60)));
-    /// let _ = throttle.admit_owned();
-    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
-    /// assert!(deferral.try_run(|| ()).is_err());
-    /// ```
-    pub fn try_run<R>(self, f: impl FnOnce() -> R) -> Result<R, Self> {
-        if self.throttle.try_stamp(self.word) {
-            Ok(f())
-        } else {
-            Err(self)
-        }
-    }
-
-    /// The throttle this deferral belongs to.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::{OwnedAdmission, Throttle};
-    /// # use std::{sync::Arc, time::Duration};
-    /// let throttle = Arc::new(Throttle::new(Duration::from_secs(1)));
-    /// let _ = throttle.admit_owned();
-    /// let OwnedAdmission::Deferred(deferral) = throttle.admit_owned() else { unreachable!() };
-    /// assert!(Arc::ptr_eq(deferral.throttle(), &throttle));
-    /// ```
-    pub fn throttle(&self) -> &Arc<Throttle<C>> {
+    pub fn throttle(&self) -> &T {
         &self.throttle
     }
 }
 
-impl<C: Clock> Drop for OwnedDeferral<C> {
+impl<T: ThrottleRef> Drop for Deferral<T> {
     fn drop(&mut self) {
-        self.throttle.release(self.word);
+        let release = !self.spent || crate::sync::is_mutant(crate::sync::mutant!(ReleaseAfterRun));
+        if release {
+            self.throttle.release(self.word);
+        }
     }
 }
 
-impl<C: Clock> fmt::Debug for OwnedDeferral<C> {
+impl<T: ThrottleRef> fmt::Debug for Deferral<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OwnedDeferral")
+        f.debug_struct("Deferral")
             .field("deadline", &self.deadline())
+            .field("spent", &self.spent)
             .finish_non_exhaustive()
     }
 }

@@ -3,10 +3,9 @@
 use core::fmt;
 use core::time::Duration;
 
-/// A threshold the throttle cannot represent (SPEC G6).
-///
-/// The largest threshold is [`Throttle::MAX_THRESHOLD`](crate::Throttle::MAX_THRESHOLD),
-/// 2^62 ns (about 146 years). A larger one is refused, never truncated.
+/// A duration the throttle cannot represent: a threshold, a lease or a shutdown grace over
+/// [`Throttle::MAX_THRESHOLD`](crate::Throttle::MAX_THRESHOLD), 2^62 ns (about 146 years). It
+/// is refused, never truncated.
 ///
 /// # Examples
 ///
@@ -22,14 +21,32 @@ use core::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThresholdError {
     requested: Duration,
+    what: &'static str,
 }
 
 impl ThresholdError {
-    pub(crate) const fn new(requested: Duration) -> Self {
-        Self { requested }
+    pub(crate) const fn threshold(requested: Duration) -> Self {
+        Self {
+            requested,
+            what: "threshold",
+        }
     }
 
-    /// The threshold that was asked for.
+    pub(crate) const fn lease(requested: Duration) -> Self {
+        Self {
+            requested,
+            what: "lease",
+        }
+    }
+
+    pub(crate) const fn grace(requested: Duration) -> Self {
+        Self {
+            requested,
+            what: "shutdown grace",
+        }
+    }
+
+    /// The duration that was asked for.
     ///
     /// # Examples
     ///
@@ -43,7 +60,21 @@ impl ThresholdError {
         self.requested
     }
 
-    /// The largest threshold a throttle accepts.
+    /// What was refused: `"threshold"`, `"lease"` or `"shutdown grace"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Throttle;
+    /// # use std::time::Duration;
+    /// let err = Throttle::builder(Duration::ZERO).lease(Duration::MAX).build().unwrap_err();
+    /// assert_eq!(err.what(), "lease");
+    /// ```
+    pub const fn what(&self) -> &'static str {
+        self.what
+    }
+
+    /// The largest duration a throttle accepts.
     ///
     /// # Examples
     ///
@@ -64,12 +95,13 @@ impl fmt::Display for ThresholdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "threshold {:?} ({:.0} years) exceeds the largest representable threshold, {:?} \
+            "{what} {:?} ({:.0} years) exceeds the largest representable {what}, {:?} \
              ({:.0} years)",
             self.requested,
             self.requested.as_secs_f64() / SECONDS_PER_YEAR,
             self.max(),
             self.max().as_secs_f64() / SECONDS_PER_YEAR,
+            what = self.what,
         )
     }
 }

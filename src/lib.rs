@@ -91,21 +91,26 @@
 #[cfg(feature = "tokio")]
 mod async_tokio;
 mod clock;
+mod counters;
 mod deferral;
 mod detached;
 mod error;
+mod panics;
 mod state;
 mod sync;
 mod throttle;
 mod throttled;
+mod wait;
 
 #[cfg(feature = "tokio")]
 pub use crate::async_tokio::{AsyncThrottled, TokioClock};
-pub use crate::clock::{Clock, DefaultClock, ManualClock};
-pub use crate::deferral::{Deferral, OwnedAdmission, OwnedDeferral};
+pub use crate::clock::{Clock, ClockSource, CoarseClock, DefaultClock, ManualClock, Wait};
+pub use crate::counters::Stats;
+pub use crate::deferral::{Deferral, NotRun, OwnedDeferral, Revoked};
 pub use crate::detached::{Detached, DetachedBuilder, Dispatch, LeadingRun, Shutdown};
 pub use crate::error::ThresholdError;
-pub use crate::throttle::{Admission, Throttle};
+pub use crate::state::Mode;
+pub use crate::throttle::{Admission, OwnedAdmission, Throttle, ThrottleBuilder, ThrottleRef};
 pub use crate::throttled::{Outcome, Throttled};
 
 #[cfg(doctest)]

@@ -1,25 +1,23 @@
-//! The only module that names the atomic types.
+//! The only module that names the atomic types, locks, threads and waits.
 //!
-//! Under `cfg(loom)` every atomic, `Arc`, yield and wait goes through loom so that its model
-//! checker sees each of them; otherwise they are `core`/`std`'s own. No other file imports
-//! atomics directly (tokio's `src/loom/` and crossbeam's `primitive` module work the same way).
+//! Under `cfg(loom)` every atomic, `Arc`, lock, park, yield and wait goes through loom so that
+//! its model checker sees each of them; otherwise they are `core`/`std`'s own. No other file
+//! imports them directly (tokio's `src/loom/` and crossbeam's `primitive` module work the same
+//! way).
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::Arc;
-
+pub(crate) use loom::sync::{Arc, Mutex};
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::AtomicBool;
-#[cfg(loom)]
-pub(crate) use loom::thread::{park, Builder as ThreadBuilder, JoinHandle, Thread};
+pub(crate) use loom::thread::{current, park, Builder as ThreadBuilder, JoinHandle, Thread};
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::Arc;
+pub(crate) use std::sync::{Arc, Mutex};
 #[cfg(not(loom))]
-pub(crate) use std::thread::{park, Builder as ThreadBuilder, JoinHandle, Thread};
+pub(crate) use std::thread::{current, park, Builder as ThreadBuilder, JoinHandle, Thread};
 
 use core::time::Duration;
 
@@ -32,23 +30,84 @@ pub(crate) fn yield_now() {
     std::thread::yield_now();
 }
 
-/// Blocks the calling thread for about `duration`. Under loom, time is mocked, so a wait is
-/// only a yield: the clock in the model decides when the deadline has passed.
-pub(crate) fn sleep(duration: Duration) {
+/// Blocks the calling thread for about `duration`, or until it is unparked. Under loom, time is
+/// mocked, so a timed wait is only a yield: the model's clock decides when a deadline passed.
+pub(crate) fn park_timeout(duration: Duration) {
     #[cfg(loom)]
     {
         let _ = duration;
         loom::thread::yield_now();
     }
     #[cfg(not(loom))]
-    std::thread::sleep(duration);
+    std::thread::park_timeout(duration);
 }
 
-/// One step of a busy wait. Only the real clock busy-waits; under loom every wait is a
-/// yield (see `sleep`), so a model can never spin unbounded.
+/// One step of a busy wait (only the real clock busy-waits).
 #[cfg(not(loom))]
 pub(crate) fn spin() {
     core::hint::spin_loop();
+}
+
+/// Locks `mutex`, ignoring poisoning: every critical section in the crate leaves its data
+/// consistent whatever panics (they only move a waker in or out).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> impl core::ops::DerefMut<Target = T> + '_ {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Locks `mutex` if no one holds it, ignoring poisoning as [`lock`] does.
+pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<impl core::ops::DerefMut<Target = T> + '_> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+/// A real-time stopwatch for bounds that must hold whatever the throttle's clock does (a
+/// shutdown grace). Under loom there is no real time: every bound has already elapsed, so a
+/// model explores the path taken once it has.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stopwatch {
+    #[cfg(not(loom))]
+    started: std::time::Instant,
+}
+
+impl Stopwatch {
+    pub(crate) fn start() -> Self {
+        Self {
+            #[cfg(not(loom))]
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether `bound` has passed since `start`.
+    pub(crate) fn has_elapsed(&self, bound: Duration) -> bool {
+        #[cfg(loom)]
+        {
+            let _ = bound;
+            true
+        }
+        #[cfg(not(loom))]
+        {
+            self.started.elapsed() >= bound
+        }
+    }
+
+    /// How much of `bound` is left, zero once it has passed.
+    pub(crate) fn left_of(&self, bound: Duration) -> Duration {
+        #[cfg(loom)]
+        {
+            let _ = bound;
+            Duration::ZERO
+        }
+        #[cfg(not(loom))]
+        {
+            bound.saturating_sub(self.started.elapsed())
+        }
+    }
 }
 
 /// Deliberately broken variants of the algorithm, compiled only under `cfg(loom)`.
@@ -73,35 +132,103 @@ pub(crate) enum Mutant {
     WrappingElapsed,
     /// A detached throttle's caller hands a deferral to the timer thread without waking it.
     NoUnpark,
+    /// A deferral that has stamped its run still releases its claim when dropped.
+    ReleaseAfterRun,
+    /// A takeover hands the abandoned claim over as it is, instead of stamping past it.
+    TakeoverKeepsClaim,
+    /// `cancel` and `flush` change the word without waking the waiting owner.
+    SilentEvents,
+    /// Decisions keep using the threshold the throttle was built with.
+    StaleThreshold,
+    /// A counted call adds to its cell with a plain load and store on a shared cell.
+    SharedCount,
+    /// The latest value is written after the admission instead of before it.
+    LateValue,
+    /// The shared timer files a deferral without waking its thread.
+    SilentTimer,
+    /// The keyed table reuses a slot without checking that it is idle.
+    EvictPending,
+    /// `AsyncThrottled` gives a cancelled owner's deferral up instead of handing it on.
+    NoHandOff,
 }
 
 #[cfg(loom)]
-pub(crate) fn mutant() -> Option<Mutant> {
+const MUTANTS: &[(&str, Mutant)] = &[
+    ("load_store", Mutant::LoadStore),
+    ("split_stamp", Mutant::SplitStamp),
+    ("no_release", Mutant::NoRelease),
+    ("blind_release", Mutant::BlindRelease),
+    ("relaxed", Mutant::Relaxed),
+    ("wrapping_elapsed", Mutant::WrappingElapsed),
+    ("no_unpark", Mutant::NoUnpark),
+    ("release_after_run", Mutant::ReleaseAfterRun),
+    ("takeover_keeps_claim", Mutant::TakeoverKeepsClaim),
+    ("silent_events", Mutant::SilentEvents),
+    ("stale_threshold", Mutant::StaleThreshold),
+    ("shared_count", Mutant::SharedCount),
+    ("late_value", Mutant::LateValue),
+    ("silent_timer", Mutant::SilentTimer),
+    ("evict_pending", Mutant::EvictPending),
+    ("no_hand_off", Mutant::NoHandOff),
+];
+
+#[cfg(loom)]
+pub(crate) fn active_mutant() -> Option<Mutant> {
     static MUTANT: std::sync::OnceLock<Option<Mutant>> = std::sync::OnceLock::new();
     *MUTANT.get_or_init(|| {
         let name = std::env::var("ATOMIC_THROTTLE_MUTANT").ok()?;
-        Some(match name.as_str() {
-            "load_store" => Mutant::LoadStore,
-            "split_stamp" => Mutant::SplitStamp,
-            "no_release" => Mutant::NoRelease,
-            "blind_release" => Mutant::BlindRelease,
-            "relaxed" => Mutant::Relaxed,
-            "wrapping_elapsed" => Mutant::WrappingElapsed,
-            "no_unpark" => Mutant::NoUnpark,
-            other => panic!(
-                "ATOMIC_THROTTLE_MUTANT={other:?} names no mutant; expected one of load_store, \
-                 split_stamp, no_release, blind_release, relaxed, wrapping_elapsed, no_unpark"
+        match MUTANTS.iter().find(|(known, _)| *known == name) {
+            Some((_, mutant)) => Some(*mutant),
+            None => panic!(
+                "ATOMIC_THROTTLE_MUTANT={name:?} names no mutant; expected one of {:?}",
+                MUTANTS.iter().map(|(known, _)| *known).collect::<Vec<_>>()
             ),
-        })
+        }
     })
 }
+
+/// Whether `which` is the active mutant; always false outside loom.
+#[inline(always)]
+pub(crate) fn is_mutant(#[allow(unused_variables)] which: MutantName) -> bool {
+    #[cfg(loom)]
+    {
+        active_mutant() == Some(which.0)
+    }
+    #[cfg(not(loom))]
+    {
+        false
+    }
+}
+
+/// A mutant's name as the code under test refers to it: a real [`Mutant`] under loom, nothing
+/// otherwise, so that the checks compile away.
+#[derive(Clone, Copy)]
+pub(crate) struct MutantName(#[cfg(loom)] pub(crate) Mutant);
+
+/// Names a mutant for [`is_mutant`] in code that also builds without loom.
+macro_rules! mutant {
+    ($name:ident) => {
+        $crate::sync::MutantName(
+            #[cfg(loom)]
+            $crate::sync::Mutant::$name,
+        )
+    };
+}
+pub(crate) use mutant;
 
 /// `ordering`, or `Relaxed` when the `Relaxed` mutant is active.
 #[inline(always)]
 pub(crate) fn ordering(ordering: Ordering) -> Ordering {
-    #[cfg(loom)]
-    if mutant() == Some(Mutant::Relaxed) {
+    if is_mutant(mutant!(Relaxed)) {
         return Ordering::Relaxed;
     }
     ordering
+}
+
+/// A sequentially consistent fence: for the two sides of a store-buffering handshake.
+pub(crate) fn fence_seq_cst() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+    #[cfg(not(loom))]
+    core::sync::atomic::fence(Ordering::SeqCst);
 }

@@ -1,6 +1,7 @@
 //! The Neutron-style wrapper: a throttle and the work it limits, in one value.
 
 use crate::clock::{Clock, DefaultClock};
+use crate::deferral::Revoked;
 use crate::error::ThresholdError;
 use crate::throttle::{Admission, Throttle};
 use core::fmt;
@@ -25,6 +26,7 @@ use core::time::Duration;
 pub struct Throttled<F, C: Clock = DefaultClock> {
     throttle: Throttle<C>,
     work: F,
+    publishing: bool,
 }
 
 /// What one [`Throttled::call`] did.
@@ -47,6 +49,10 @@ pub enum Outcome<R> {
     Deferred(R),
     /// Another call's deferred run covers this one; the work did not run here.
     Coalesced,
+    /// [Leading-only](crate::Mode::LeadingOnly): inside the window; no run covers this call.
+    Suppressed,
+    /// This call owned the deferred run, but it was cancelled or taken over before it ran.
+    Revoked(Revoked),
 }
 
 impl<R> Outcome<R> {
@@ -61,7 +67,7 @@ impl<R> Outcome<R> {
     pub fn ran(self) -> Option<R> {
         match self {
             Outcome::Now(result) | Outcome::Deferred(result) => Some(result),
-            Outcome::Coalesced => None,
+            Outcome::Coalesced | Outcome::Suppressed | Outcome::Revoked(_) => None,
         }
     }
 }
@@ -119,7 +125,7 @@ impl<F, C: Clock> Throttled<F, C> {
     /// let clock = ManualClock::new();
     /// let tick = Throttled::with_clock(Duration::from_secs(1), clock.clone(), || clock.now())?;
     /// assert_eq!(tick.call(), Outcome::Now(Duration::ZERO));
-    /// assert_eq!(tick.call(), Outcome::Deferred(Duration::from_nanos(1_000_001_536)));
+    /// assert_eq!(tick.call(), Outcome::Deferred(Duration::from_secs(1))); // exactly T later
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn with_clock(threshold: Duration, clock: C, work: F) -> Result<Self, ThresholdError> {
@@ -140,7 +146,33 @@ impl<F, C: Clock> Throttled<F, C> {
     /// assert_eq!(log.throttle().threshold(), Duration::from_secs(5));
     /// ```
     pub fn from_throttle(throttle: Throttle<C>, work: F) -> Self {
-        Self { throttle, work }
+        Self {
+            throttle,
+            work,
+            publishing: false,
+        }
+    }
+
+    /// Whether a Coalesced caller's earlier writes happen-before the run that covers it: off
+    /// by default ([`call`](Throttled::call) admits with [`Throttle::admit`], one load); on,
+    /// it admits with [`Throttle::admit_publishing`], a read-modify-write of the shared word
+    /// on every call. Turn it on when the work reads what callers wrote just before calling.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Outcome, Throttled};
+    /// use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    /// use std::time::Duration;
+    ///
+    /// let latest = AtomicU32::new(0);
+    /// let publish = Throttled::new(Duration::from_millis(1), || latest.load(Relaxed)).publishing(true);
+    /// latest.store(5, Relaxed);
+    /// assert_eq!(publish.call(), Outcome::Now(5));
+    /// ```
+    pub fn publishing(mut self, publishing: bool) -> Self {
+        self.publishing = publishing;
+        self
     }
 
     /// The throttle that decides the calls.
@@ -163,6 +195,15 @@ impl<F, C: Clock> Throttled<F, C> {
         &self.work
     }
 
+    /// Admits a call, publishing or not as configured.
+    pub(crate) fn admit(&self) -> Admission<&Throttle<C>> {
+        if self.publishing {
+            self.throttle.admit_publishing()
+        } else {
+            self.throttle.admit()
+        }
+    }
+
     /// Calls the work through the throttle: at once, after waiting for the window to end (this
     /// call then blocks), or not at all when a pending deferred call covers this one.
     ///
@@ -170,9 +211,9 @@ impl<F, C: Clock> Throttled<F, C> {
     /// work started, so the throttle is unharmed.
     ///
     /// A Coalesced call's earlier writes are not guaranteed to be visible to the run that
-    /// covers it (see the crate docs, "Memory ordering"); build the wrapper around a shared
-    /// [`Throttle`] and use [`Throttle::admit_publishing`] where the work must see them. If a waiting caller panics or unwinds before
-    /// its run, the deferral is released and the next call claims it.
+    /// covers it unless the wrapper is [`publishing`](Throttled::publishing) (see the crate
+    /// docs, "Memory ordering"). If a waiting caller panics or unwinds before its run, the
+    /// deferral is released and the next call claims it.
     ///
     /// # Examples
     ///
@@ -186,10 +227,14 @@ impl<F, C: Clock> Throttled<F, C> {
     where
         F: Fn() -> R,
     {
-        match self.throttle.admit() {
+        match self.admit() {
             Admission::Now => Outcome::Now((self.work)()),
-            Admission::Deferred(deferral) => Outcome::Deferred(deferral.run(&self.work)),
+            Admission::Deferred(deferral) => match deferral.run(&self.work) {
+                Ok(result) => Outcome::Deferred(result),
+                Err(revoked) => Outcome::Revoked(revoked),
+            },
             Admission::Coalesced => Outcome::Coalesced,
+            Admission::Suppressed { .. } => Outcome::Suppressed,
         }
     }
 }
@@ -198,6 +243,7 @@ impl<F, C: Clock> fmt::Debug for Throttled<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Throttled")
             .field("throttle", &self.throttle)
+            .field("publishing", &self.publishing)
             .finish_non_exhaustive()
     }
 }

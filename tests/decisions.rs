@@ -1,6 +1,7 @@
-//! SPEC's decision table, row by row, on a manual clock.
+//! The decision table, row by row, on a manual clock, with exact deadlines.
 
-use atomic_throttle::{Admission, Clock, ManualClock, Throttle};
+use atomic_throttle::{Admission, Clock, ManualClock, NotRun, OwnedAdmission, Throttle};
+use std::sync::Arc;
 use std::time::Duration;
 
 const T: Duration = Duration::from_millis(10);
@@ -25,6 +26,7 @@ fn a_call_inside_the_window_owns_the_deferral() {
     clock.advance(T / 2);
     let answer = throttle.admit();
     assert!(answer.is_deferred());
+    assert!(!answer.is_now() && !answer.is_coalesced() && !answer.is_suppressed());
     assert!(throttle.is_pending());
     drop(answer);
 }
@@ -35,7 +37,8 @@ fn calls_while_a_deferral_is_pending_are_coalesced_whatever_the_time() {
     assert!(throttle.admit().is_now());
     let owner = throttle.admit();
     assert!(owner.is_deferred());
-    assert!(throttle.admit().is_coalesced());
+    let answer = throttle.admit();
+    assert!(answer.is_coalesced() && !answer.is_deferred() && !answer.is_now());
     // Even far past the window: the pending deferral covers the call.
     clock.advance(T * 100);
     assert!(throttle.admit().is_coalesced());
@@ -43,61 +46,88 @@ fn calls_while_a_deferral_is_pending_are_coalesced_whatever_the_time() {
 }
 
 #[test]
-fn a_call_past_the_window_runs_now() {
-    let (throttle, clock) = throttle();
-    assert!(throttle.admit().is_now());
-    clock.advance(T);
-    // The window may end up to two 1024 ns ticks after the threshold.
-    clock.advance(Duration::from_nanos(2048));
-    assert!(throttle.admit().is_now());
-}
-
-#[test]
-fn no_call_runs_now_before_the_threshold_has_passed() {
-    let (throttle, clock) = throttle();
-    assert!(throttle.admit().is_now());
-    clock.advance(T - Duration::from_nanos(1));
-    let answer = throttle.admit();
-    assert!(answer.is_deferred(), "{answer:?}");
-}
-
-#[test]
-fn the_window_ends_within_two_ticks_of_the_threshold() {
-    // Scan the boundary: the first reading that may run is at least T after the last run
-    // and at most two 1024 ns ticks after it.
-    for start in [0u64, 1, 500, 1023, 1024, 1025, 999_999] {
+fn the_deadline_is_exact_on_whole_microseconds() {
+    // One nanosecond before the deadline a call is not due; at it, it is.
+    for start in [0u64, 1_000, 7_000, 999_000, 1_000_000_000] {
         let (throttle, clock) = throttle();
         clock.advance(Duration::from_nanos(start));
         assert!(throttle.admit().is_now());
-        // Skip to just before the boundary, then step a nanosecond at a time.
+        clock.advance(T - Duration::from_nanos(1));
+        let answer = throttle.admit();
+        assert!(answer.is_deferred(), "{answer:?} 1 ns before the deadline");
+        let Admission::Deferred(deferral) = answer else {
+            unreachable!()
+        };
+        assert_eq!(deferral.deadline(), start + T.as_nanos() as u64);
+        assert_eq!(deferral.remaining(), Duration::from_nanos(1));
+        let Err(NotRun::NotDue(deferral)) = deferral.try_run(|| ()) else {
+            panic!("try_run ran 1 ns before the deadline")
+        };
+        drop(deferral);
+        clock.advance(Duration::from_nanos(1));
+        assert!(throttle.admit().is_now(), "not due at the deadline");
+    }
+}
+
+#[test]
+fn a_run_stamped_at_10ms_with_t_10ms_lets_the_next_call_run_at_20ms() {
+    let (throttle, clock) = throttle();
+    clock.advance(Duration::from_millis(10));
+    assert!(throttle.admit().is_now());
+    clock.advance(Duration::from_millis(3));
+    let Admission::Deferred(deferral) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    assert_eq!(deferral.remaining(), Duration::from_millis(7));
+    drop(deferral);
+    clock.advance(Duration::from_millis(7));
+    assert!(throttle.admit().is_now());
+    assert_eq!(throttle.last_run(), Some(20_000_000));
+}
+
+#[test]
+fn off_microsecond_readings_are_stamped_rounded_up() {
+    // Readings between whole microseconds: a run becomes due at most 1 us after the exact
+    // deadline, never before it.
+    for start in [1u64, 500, 999, 1_001, 123_456_789] {
+        let (throttle, clock) = throttle();
+        clock.advance(Duration::from_nanos(start));
+        assert!(throttle.admit().is_now());
+        assert_eq!(throttle.last_run(), Some(start.div_ceil(1000) * 1000));
         let t = T.as_nanos() as u64;
-        let mut elapsed = t - 4096;
+        let mut elapsed = t - 10;
         clock.advance(Duration::from_nanos(elapsed));
-        loop {
-            if throttle.admit().is_now() {
-                break;
-            }
+        while !throttle.admit().is_now() {
             clock.advance(Duration::from_nanos(1));
             elapsed += 1;
         }
         assert!(elapsed >= t, "ran {elapsed} ns after a run at {start} ns");
         assert!(
-            elapsed <= t + 2048,
+            elapsed < t + 1000,
             "ran {elapsed} ns after a run at {start} ns"
         );
     }
 }
 
 #[test]
-fn a_zero_threshold_runs_every_call_now() {
+fn a_zero_threshold_runs_every_call_now_even_behind_the_last_run() {
     let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(5));
     let throttle = Throttle::with_clock(Duration::ZERO, clock.clone()).unwrap();
     for _ in 0..1000 {
         assert!(throttle.admit().is_now());
     }
+    let stamp = throttle.last_run();
+    // A clock that steps back: no time has passed, and none is needed.
     clock.rewind(Duration::from_secs(1));
+    for _ in 0..200 {
+        assert!(throttle.admit().is_now());
+        assert!(!throttle.is_pending());
+    }
+    assert_eq!(throttle.last_run(), stamp, "stamps never move backwards");
+    clock.advance(Duration::from_secs(2));
     assert!(throttle.admit().is_now());
-    assert!(!throttle.is_pending());
+    assert_eq!(throttle.last_run(), Some(6_000_000_000));
 }
 
 #[test]
@@ -107,12 +137,12 @@ fn the_owner_runs_at_the_deadline_and_the_window_moves_on() {
     let Admission::Deferred(deferral) = throttle.admit() else {
         panic!("expected Deferred")
     };
-    let deadline = deferral.deadline();
-    assert!(deadline >= T.as_nanos() as u64);
-    // run() waits on the manual clock, which advances to the deadline.
-    let ran_at = deferral.run(|| clock.now_nanos());
-    assert!(ran_at >= deadline);
+    assert_eq!(deferral.deadline(), T.as_nanos() as u64);
+    // run() waits on the manual clock, which advances exactly to the deadline.
+    let ran_at = deferral.run(|| clock.now_nanos()).unwrap();
+    assert_eq!(ran_at, T.as_nanos() as u64);
     assert!(!throttle.is_pending());
+    assert_eq!(throttle.last_run(), Some(ran_at));
     // The deferred run opened a new window: the next call is Deferred again, not Now.
     assert!(throttle.admit().is_deferred());
 }
@@ -124,7 +154,11 @@ fn try_run_before_the_deadline_hands_the_deferral_back() {
     let Admission::Deferred(deferral) = throttle.admit() else {
         panic!("expected Deferred")
     };
-    let deferral = deferral.try_run(|| unreachable!("ran early")).unwrap_err();
+    let deferral = deferral
+        .try_run(|| unreachable!("ran early"))
+        .unwrap_err()
+        .not_due()
+        .expect("still the owner's");
     assert!(throttle.is_pending(), "an early try_run keeps the deferral");
     assert!(throttle.admit().is_coalesced());
     clock.advance(deferral.remaining());
@@ -143,6 +177,7 @@ fn try_run_long_after_the_deadline_stamps_the_late_reading() {
     };
     clock.advance(T * 50);
     assert!(deferral.try_run(|| ()).is_ok());
+    assert_eq!(throttle.last_run(), Some(clock.now_nanos()));
     // The window counts from the late run, not from the deadline.
     clock.advance(T / 2);
     assert!(throttle.admit().is_deferred());
@@ -178,7 +213,7 @@ fn an_owner_that_panics_releases_the_deferral() {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let _owner = throttle.admit();
         assert!(throttle.is_pending());
-        panic!("owner crashed");
+        std::panic::resume_unwind(Box::new("owner crashed"));
     }));
     assert!(result.is_err());
     assert!(!throttle.is_pending());
@@ -193,7 +228,7 @@ fn a_panic_inside_the_deferred_work_strands_nothing() {
         panic!("expected Deferred")
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        deferral.run(|| panic!("work crashed"))
+        deferral.run(|| std::panic::resume_unwind(Box::new("work crashed")))
     }));
     assert!(result.is_err());
     assert!(!throttle.is_pending());
@@ -202,10 +237,32 @@ fn a_panic_inside_the_deferred_work_strands_nothing() {
 }
 
 #[test]
-fn owned_deferrals_move_to_another_thread() {
-    use atomic_throttle::OwnedAdmission;
-    use std::sync::Arc;
+fn a_stamped_deferral_releases_nothing_when_it_is_dropped_later() {
+    // The work of a deferred run claims the next deferral; when the run returns, the finished
+    // deferral is dropped, and must not clear the new owner's claim.
+    let (throttle, _) = throttle();
+    assert!(throttle.admit().is_now());
+    let Admission::Deferred(first) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    let second = first
+        .run(|| {
+            let answer = throttle.admit();
+            assert!(answer.is_deferred());
+            answer
+        })
+        .unwrap();
+    assert!(
+        throttle.is_pending(),
+        "the finished run released the next claim"
+    );
+    assert!(throttle.admit().is_coalesced());
+    drop(second);
+    assert!(!throttle.is_pending());
+}
 
+#[test]
+fn owned_deferrals_move_to_another_thread() {
     let clock = ManualClock::new();
     let throttle = Arc::new(Throttle::with_clock(T, clock.clone()).unwrap());
     assert!(matches!(throttle.admit_owned(), OwnedAdmission::Now));
@@ -213,11 +270,15 @@ fn owned_deferrals_move_to_another_thread() {
         panic!("expected Deferred")
     };
     assert!(matches!(throttle.admit_owned(), OwnedAdmission::Coalesced));
-    let deadline = deferral.deadline();
+    assert_eq!(deferral.deadline(), T.as_nanos() as u64);
+    assert_eq!(deferral.remaining(), T);
+    assert!(Arc::ptr_eq(deferral.throttle(), &throttle));
+    assert!(format!("{deferral:?}").contains("deadline: 10000000"));
     let ran_at = std::thread::spawn(move || deferral.run(|| clock.now_nanos()))
         .join()
+        .unwrap()
         .unwrap();
-    assert!(ran_at >= deadline);
+    assert_eq!(ran_at, T.as_nanos() as u64);
     assert!(!throttle.is_pending());
 
     // An owned deferral dropped on another thread is released too.
@@ -230,10 +291,35 @@ fn owned_deferrals_move_to_another_thread() {
 
 #[test]
 fn debug_output_names_the_state() {
-    let (throttle, _) = throttle();
+    let (throttle, clock) = throttle();
+    clock.advance(Duration::from_millis(2));
     assert!(throttle.admit().is_now());
+    drop(throttle.admit());
+    let cancelled = throttle.admit();
+    assert!(cancelled.is_deferred() && throttle.cancel()); // one cancel: generation 1
+    drop(cancelled);
     let owner = throttle.admit();
     let text = format!("{throttle:?}");
-    assert!(text.contains("pending: true"), "{text}");
-    assert!(format!("{owner:?}").contains("Deferral"));
+    for field in [
+        "threshold: 10ms",
+        "mode: LeadingAndTrailing",
+        "lease: None",
+        "pending: true",
+        "flushed: false",
+        "last_run: Some(2000000)",
+        "generation: 1",
+    ] {
+        assert!(text.contains(field), "{field} missing from {text}");
+    }
+    let owner_text = format!("{owner:?}");
+    assert!(
+        owner_text.contains("Deferred(Deferral { deadline: 12000000, spent: false"),
+        "{owner_text}"
+    );
+    assert_eq!(format!("{:?}", throttle.admit()), "Coalesced");
+    drop(owner);
+    assert_eq!(
+        format!("{:?}", throttle.admit()),
+        "Deferred(Deferral { deadline: 12000000, spent: false, .. })"
+    );
 }

@@ -64,7 +64,7 @@ fn calls_never_wait_and_the_timer_thread_runs_the_deferral() {
     let stamps = Stamps::default();
     let job = detached(T, LeadingRun::Inline, &stamps);
     let start = Instant::now();
-    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Leading);
     assert_eq!(job.call(), Dispatch::Deferred);
     assert_eq!(job.call(), Dispatch::Coalesced);
     assert!(
@@ -90,7 +90,7 @@ fn leading_runs_go_to_the_timer_thread_by_default() {
                 .push(std::thread::current().name().map(str::to_owned))
         }
     });
-    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Leading);
     drop(job);
     let on = on.lock().unwrap();
     assert_eq!(on.as_slice(), [Some("atomic-throttle-timer".to_owned())]);
@@ -104,7 +104,7 @@ fn panicking_callers_cannot_strand_coverage() {
     let job = Arc::new(detached(T, LeadingRun::Inline, &stamps));
     let silence = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Leading);
     // Callers that crash right after their call, including the one answered Deferred.
     let answers: Vec<Dispatch> = (0..4)
         .map(|_| {
@@ -123,7 +123,10 @@ fn panicking_callers_cannot_strand_coverage() {
     // slow enough that the window ends between them: then a later caller claims the next
     // deferral. Never Now, and every deferral is run.
     assert_eq!(answers[0], Dispatch::Deferred);
-    assert!(answers.iter().all(|a| *a != Dispatch::Now), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| *a != Dispatch::Leading),
+        "{answers:?}"
+    );
     let deferred = answers.iter().filter(|a| **a == Dispatch::Deferred).count();
     // The crashed callers owned nothing: the timer thread still runs every deferral.
     wait_for(
@@ -159,7 +162,7 @@ fn a_panicking_work_is_reported_and_the_throttle_keeps_working() {
         .unwrap();
     let silence = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    assert_eq!(job.call(), Dispatch::Now); // panics on the timer thread
+    assert_eq!(job.call(), Dispatch::Leading); // panics on the timer thread
     wait_for(|| job.panics() == 1, "the panic to be reported");
     std::panic::set_hook(silence);
     assert_eq!(reported.lock().unwrap().as_slice(), ["work failed"]);
@@ -178,7 +181,7 @@ fn shutdown_runs_a_pending_deferral_at_its_deadline() {
     let stamps = Stamps::default();
     let job = detached(T, LeadingRun::Inline, &stamps);
     let start = Instant::now();
-    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Leading);
     assert_eq!(job.call(), Dispatch::Deferred);
     drop(job);
     assert!(
@@ -202,7 +205,7 @@ fn shutdown_can_cancel_a_pending_deferral() {
             }
         })
         .unwrap();
-    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Leading);
     assert_eq!(job.call(), Dispatch::Deferred);
     let start = Instant::now();
     drop(job);
@@ -301,7 +304,7 @@ fn leading_runs_slower_than_the_threshold_each_run_once_on_the_timer_thread() {
     });
     let mut now = 0;
     for _ in 0..4 {
-        if job.call() == Dispatch::Now {
+        if job.call() == Dispatch::Leading {
             now += 1;
         }
         std::thread::sleep(T * 2); // past the window: the next call is Now again
@@ -342,7 +345,7 @@ fn a_panicking_clock_gives_the_deferral_up_and_the_timer_thread_survives() {
         .unwrap();
     let silence = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Leading);
     assert_eq!(job.call(), Dispatch::Deferred); // the timer thread's wait panics
     wait_for(|| job.panics() == 1, "the clock's panic to be reported");
     std::panic::set_hook(silence);
@@ -362,7 +365,7 @@ fn dropping_with_a_deadline_past_the_end_of_the_clock_does_not_hang() {
         .on_shutdown(Shutdown::RunPending)
         .spawn(|| ())
         .unwrap();
-    assert_eq!(job.call(), Dispatch::Now);
+    assert_eq!(job.call(), Dispatch::Leading);
     assert_eq!(job.call(), Dispatch::Deferred); // its deadline lies past u64::MAX ns
     let start = Instant::now();
     drop(job);

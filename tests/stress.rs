@@ -48,12 +48,13 @@ fn eight_threads_keep_runs_apart_and_strand_nothing() {
                     match answer {
                         Admission::Now => stamps.push(last_reading()),
                         Admission::Coalesced => {}
+                        Admission::Suppressed { .. } => unreachable!("not a leading-only throttle"),
                         Admission::Deferred(deferral) => {
                             seed ^= seed << 13;
                             seed ^= seed >> 7;
                             seed ^= seed << 17;
                             match seed % 4 {
-                                0 => stamps.push(deferral.run(last_reading)),
+                                0 => stamps.extend(deferral.run(last_reading)),
                                 1 => drop(deferral), // gives up
                                 2 => {
                                     // Crashes while owning the deferral.

@@ -1,4 +1,4 @@
-//! SPEC G6: thresholds the word cannot represent are refused, never truncated.
+//! Guarantee 6: thresholds the word cannot represent are refused, never truncated.
 
 use atomic_throttle::{ManualClock, ThresholdError, Throttle, Throttled};
 use std::time::Duration;

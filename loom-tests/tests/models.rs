@@ -437,7 +437,7 @@ fn model_10_detached_hand_off_to_the_timer_thread() {
                 })
                 .unwrap();
             let job = Arc::new(job);
-            assert_eq!(job.call(), Dispatch::Now);
+            assert_eq!(job.call(), Dispatch::Leading);
             let caller = {
                 let job = job.clone();
                 thread::spawn(move || job.call())
@@ -447,7 +447,7 @@ fn model_10_detached_hand_off_to_the_timer_thread() {
             // Inside the window: one of them claims the deferral; the other is Coalesced into it,
             // or, if the timer thread already ran it, claims the next one.
             assert!(
-                mine != Dispatch::Now && theirs != Dispatch::Now,
+                mine != Dispatch::Leading && theirs != Dispatch::Leading,
                 "G1: a run inside the window"
             );
             assert!(mine == Dispatch::Deferred || theirs == Dispatch::Deferred);

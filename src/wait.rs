@@ -1,0 +1,225 @@
+//! Waiting for a deadline: the slot where a waiting owner leaves its waker, wakers for
+//! threads, and the one loop that blocking waits, async waits and timer threads share.
+
+use crate::clock::{Clock, Wait};
+use crate::sync::{self, Mutex, Thread};
+use core::future::Future;
+use core::task::{Poll, Waker};
+use core::time::Duration;
+
+/// Where the owner of a pending deferral (or a timer thread) leaves its waker while it waits,
+/// so that a cancel, a flush or a new threshold wakes it instead of leaving it to sleep out its
+/// window. Waiting owners register; the event side never blocks on it.
+#[derive(Debug, Default)]
+pub(crate) struct WakeSlot {
+    waker: Mutex<Option<Waker>>,
+}
+
+impl WakeSlot {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Self {
+            waker: Mutex::new(None),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Self {
+            waker: Mutex::new(None),
+        }
+    }
+
+    /// Leaves `waker` to be woken by the next event, replacing any other. The caller looks at
+    /// the state word again afterwards, so an event that came before this is not missed.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = sync::lock(&self.waker);
+        match &*slot {
+            Some(known) if known.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// Takes `waker` out again, if it is still the registered one.
+    pub(crate) fn unregister(&self, waker: &Waker) {
+        let mut slot = sync::lock(&self.waker);
+        if slot.as_ref().is_some_and(|known| known.will_wake(waker)) {
+            *slot = None;
+        }
+    }
+
+    /// Wakes the registered waiter, if any, after the caller changed the state word. Never
+    /// blocks: if the slot is busy, its holder is a waiter registering (it looks at the word
+    /// after that, and sees the change) or another event waking it.
+    pub(crate) fn wake(&self) {
+        if sync::is_mutant(sync::mutant!(SilentEvents)) {
+            return;
+        }
+        let waker = sync::try_lock(&self.waker).and_then(|slot| slot.clone());
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Wakes a thread by unparking it.
+struct Unpark(Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// A waker that unparks the calling thread: one per thread, made on its first wait.
+pub(crate) fn thread_waker() -> Waker {
+    #[cfg(not(loom))]
+    {
+        thread_local! {
+            static WAKER: Waker = Waker::from(std::sync::Arc::new(Unpark(sync::current())));
+        }
+        WAKER.with(Waker::clone)
+    }
+    #[cfg(loom)]
+    {
+        // loom's threads share one OS thread, so each wait makes its own.
+        Waker::from(std::sync::Arc::new(Unpark(sync::current())))
+    }
+}
+
+/// What a waiter found when it looked at its deadline.
+pub(crate) enum Look<T> {
+    /// Done waiting, with this result.
+    Done(T),
+    /// Not yet: the deadline, in the clock's nanoseconds.
+    Until(u64),
+}
+
+/// Unregisters a waiter from its clock and its wake slot when the wait ends, however it ends.
+pub(crate) struct Registration<'a, C: Clock> {
+    clock: &'a C,
+    slot: Option<&'a WakeSlot>,
+    waker: Waker,
+}
+
+impl<'a, C: Clock> Registration<'a, C> {
+    pub(crate) fn new(clock: &'a C, slot: Option<&'a WakeSlot>, waker: Waker) -> Self {
+        Self { clock, slot, waker }
+    }
+}
+
+impl<C: Clock> Drop for Registration<'_, C> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            slot.unregister(&self.waker);
+        }
+        self.clock.done_waiting(&self.waker);
+    }
+}
+
+/// Blocks the calling thread until `look` is done. `look` stamps or gives up as it sees fit;
+/// between looks the thread waits as the clock says, and is woken early through `slot`.
+///
+/// `bound` caps each sleep, for waiters that must also notice something no one wakes them for
+/// (a timer thread's shutdown grace).
+pub(crate) fn block_on_deadline<C: Clock, T>(
+    clock: &C,
+    slot: Option<&WakeSlot>,
+    bound: Option<Duration>,
+    mut look: impl FnMut() -> Look<T>,
+) -> T {
+    let waker = thread_waker();
+    let _registration = Registration::new(clock, slot, waker.clone());
+    if let Some(slot) = slot {
+        slot.register(&waker);
+    }
+    loop {
+        let deadline = match look() {
+            Look::Done(result) => return result,
+            Look::Until(deadline) => deadline,
+        };
+        match clock.wait_for(deadline, &waker) {
+            Wait::Now => {}
+            Wait::Yield => sync::yield_now(),
+            Wait::UntilWoken => match bound {
+                Some(bound) => sync::park_timeout(bound),
+                None => sync::park(),
+            },
+            // `Wait` is non-exhaustive for users; every other answer sleeps on real time.
+            _ => {
+                let remaining = Duration::from_nanos(deadline.saturating_sub(clock.now_nanos()));
+                let remaining = match bound {
+                    Some(bound) => remaining.min(bound),
+                    None => remaining,
+                };
+                clock.sleep(remaining);
+            }
+        }
+    }
+}
+
+/// The async form of [`block_on_deadline`]: waits on the futures `sleep` returns for real-time
+/// waits, and on the task's waker otherwise.
+pub(crate) async fn wait_on_deadline<C, T, S, F>(
+    clock: &C,
+    slot: &WakeSlot,
+    mut sleep: S,
+    mut look: impl FnMut() -> Look<T>,
+) -> T
+where
+    C: Clock,
+    S: FnMut(Duration) -> F,
+    F: Future<Output = ()>,
+{
+    let waker = core::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    let mut registration = Registration::new(clock, Some(slot), waker);
+    loop {
+        // Look, and decide how to wait, in one poll: the waker registered is this poll's.
+        let step = core::future::poll_fn(|cx| {
+            if !registration.waker.will_wake(cx.waker()) {
+                slot.unregister(&registration.waker);
+                clock.done_waiting(&registration.waker);
+                registration.waker = cx.waker().clone();
+            }
+            slot.register(cx.waker());
+            let deadline = match look() {
+                Look::Done(result) => return Poll::Ready(Err(result)),
+                Look::Until(deadline) => deadline,
+            };
+            match clock.wait_for(deadline, cx.waker()) {
+                Wait::Now => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Wait::Yield => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Wait::UntilWoken => Poll::Pending,
+                _ => Poll::Ready(Ok(deadline)),
+            }
+        });
+        let deadline = match step.await {
+            Err(result) => return result,
+            Ok(deadline) => deadline,
+        };
+        // A real-time wait: the executor's timer, or an event through the slot, whichever
+        // comes first.
+        let remaining = Duration::from_nanos(deadline.saturating_sub(clock.now_nanos()));
+        let mut timer = core::pin::pin!(sleep(remaining));
+        let mut first = true;
+        // The first poll starts the timer; any later one means the timer fired or an event
+        // (or a spurious wake-up) came through the slot: look again either way.
+        let woken = core::future::poll_fn(|cx| {
+            if !core::mem::replace(&mut first, false) {
+                return Poll::Ready(());
+            }
+            slot.register(cx.waker());
+            timer.as_mut().poll(cx)
+        });
+        woken.await;
+    }
+}
