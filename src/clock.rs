@@ -40,29 +40,29 @@ pub trait Clock {
     /// The current reading, in nanoseconds since the clock's origin.
     fn now_nanos(&self) -> u64;
 
-    /// Says how a waiter should wait for this clock to read `deadline` (nanoseconds).
+    /// Says how `waiter` should wait for this clock to read `deadline` (nanoseconds).
     ///
     /// Every wait the crate makes (a blocking [`Deferral::run`](crate::Deferral::run), the
-    /// async waits, the timer threads) calls it before each wait, with a [`Waker`] that wakes
-    /// the waiter, and calls [`done_waiting`](Clock::done_waiting) with the same waker when
-    /// the wait ends. The default, for clocks that follow real time, answers
-    /// [`Wait::Sleep`]: the waiter sleeps the remaining time on its own timer.
+    /// async waits, the timer threads) calls it before each wait, and calls
+    /// [`done_waiting`](Clock::done_waiting) with the same waiter when the wait ends. The
+    /// default, for clocks that follow real time, answers [`Wait::Sleep`]: the waiter sleeps
+    /// the remaining time on its own timer.
     ///
     /// # Examples
     ///
     /// ```
-    /// use atomic_throttle::{Clock, ManualClock, Wait};
+    /// use atomic_throttle::{Clock, ManualClock, Wait, Waiter};
     /// use std::task::Waker;
     ///
     /// let clock = ManualClock::new();
-    /// let waker = Waker::noop();
-    /// assert_eq!(clock.wait_for(5_000, waker), Wait::Yield); // a new waiter: let others register
-    /// assert_eq!(clock.wait_for(5_000, waker), Wait::Now); // moved to its deadline
+    /// let waiter = Waiter::new(Waker::noop());
+    /// assert_eq!(clock.wait_for(waiter, 5_000), Wait::Yield); // new: let others register first
+    /// assert_eq!(clock.wait_for(waiter, 5_000), Wait::Now); // moved to its deadline
     /// assert_eq!(clock.now_nanos(), 5_000);
-    /// clock.done_waiting(waker);
+    /// clock.done_waiting(waiter);
     /// ```
-    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
-        let _ = (deadline, waker);
+    fn wait_for(&self, waiter: Waiter<'_>, deadline: u64) -> Wait {
+        let _ = (waiter, deadline);
         Wait::Sleep
     }
 
@@ -71,11 +71,11 @@ pub trait Clock {
     /// # Examples
     ///
     /// ```
-    /// use atomic_throttle::{Clock, DefaultClock};
-    /// DefaultClock::new().done_waiting(std::task::Waker::noop());
+    /// use atomic_throttle::{Clock, DefaultClock, Waiter};
+    /// DefaultClock::new().done_waiting(Waiter::new(std::task::Waker::noop()));
     /// ```
-    fn done_waiting(&self, waker: &Waker) {
-        let _ = waker;
+    fn done_waiting(&self, waiter: Waiter<'_>) {
+        let _ = waiter;
     }
 
     /// Blocks the calling thread for about `duration`, on behalf of a waiter that
@@ -99,13 +99,85 @@ pub trait Clock {
     }
 }
 
+/// One wait for a deadline, as a [`Clock`] sees it: an identity (unique to the wait, even
+/// when several waits share a task and so a waker) and the [`Waker`] that wakes it.
+///
+/// # Examples
+///
+/// ```
+/// use atomic_throttle::Waiter;
+/// use std::task::Waker;
+///
+/// let (a, b) = (Waiter::new(Waker::noop()), Waiter::new(Waker::noop()));
+/// assert_ne!(a.id(), b.id());
+/// a.waker().wake_by_ref();
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Waiter<'a> {
+    id: u64,
+    waker: &'a Waker,
+}
+
+impl<'a> Waiter<'a> {
+    /// A new wait, woken through `waker`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Waiter;
+    /// let waiter = Waiter::new(std::task::Waker::noop());
+    /// # let _ = waiter;
+    /// ```
+    pub fn new(waker: &'a Waker) -> Self {
+        // Relaxed: an identity, ordered with nothing. A plain std atomic, also under loom:
+        // identities are not part of any model.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            waker,
+        }
+    }
+
+    /// The wait that [`Waiter::new`] gave identity `id`, woken through `waker`.
+    pub(crate) fn known(id: u64, waker: &'a Waker) -> Self {
+        Self { id, waker }
+    }
+
+    /// What tells this wait from every other.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Waiter;
+    /// let waiter = Waiter::new(std::task::Waker::noop());
+    /// assert_eq!(waiter.id(), waiter.id());
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What wakes the waiter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Waiter;
+    /// Waiter::new(std::task::Waker::noop()).waker().wake_by_ref();
+    /// ```
+    pub fn waker(&self) -> &'a Waker {
+        self.waker
+    }
+}
+
 /// How a waiter waits for a clock to reach its deadline: [`Clock::wait_for`]'s answer.
 ///
 /// # Examples
 ///
 /// ```
 /// use atomic_throttle::{Clock, DefaultClock, Wait};
-/// assert_eq!(DefaultClock::new().wait_for(1, std::task::Waker::noop()), Wait::Sleep);
+/// use atomic_throttle::Waiter;
+/// let waiter = Waiter::new(std::task::Waker::noop());
+/// assert_eq!(DefaultClock::new().wait_for(waiter, 1), Wait::Sleep);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -126,11 +198,11 @@ impl<C: Clock + ?Sized> Clock for &C {
     fn now_nanos(&self) -> u64 {
         (**self).now_nanos()
     }
-    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
-        (**self).wait_for(deadline, waker)
+    fn wait_for(&self, waiter: Waiter<'_>, deadline: u64) -> Wait {
+        (**self).wait_for(waiter, deadline)
     }
-    fn done_waiting(&self, waker: &Waker) {
-        (**self).done_waiting(waker)
+    fn done_waiting(&self, waiter: Waiter<'_>) {
+        (**self).done_waiting(waiter)
     }
     fn sleep(&self, duration: Duration) {
         (**self).sleep(duration)
@@ -141,11 +213,11 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
     fn now_nanos(&self) -> u64 {
         (**self).now_nanos()
     }
-    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
-        (**self).wait_for(deadline, waker)
+    fn wait_for(&self, waiter: Waiter<'_>, deadline: u64) -> Wait {
+        (**self).wait_for(waiter, deadline)
     }
-    fn done_waiting(&self, waker: &Waker) {
-        (**self).done_waiting(waker)
+    fn done_waiting(&self, waiter: Waiter<'_>) {
+        (**self).done_waiting(waiter)
     }
     fn sleep(&self, duration: Duration) {
         (**self).sleep(duration)
@@ -546,11 +618,11 @@ impl Clock for DefaultClock {
     fn now_nanos(&self) -> u64 {
         VIRTUAL_NANOS.now_nanos()
     }
-    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
-        VIRTUAL_NANOS.wait_for(deadline, waker)
+    fn wait_for(&self, waiter: Waiter<'_>, deadline: u64) -> Wait {
+        VIRTUAL_NANOS.wait_for(waiter, deadline)
     }
-    fn done_waiting(&self, waker: &Waker) {
-        VIRTUAL_NANOS.done_waiting(waker)
+    fn done_waiting(&self, waiter: Waiter<'_>) {
+        VIRTUAL_NANOS.done_waiting(waiter)
     }
 }
 
@@ -669,8 +741,8 @@ impl Clock for CoarseClock {
         }
     }
 
-    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
-        DefaultClock::new().wait_for(deadline, waker)
+    fn wait_for(&self, waiter: Waiter<'_>, deadline: u64) -> Wait {
+        DefaultClock::new().wait_for(waiter, deadline)
     }
 }
 
@@ -733,9 +805,10 @@ pub struct ManualClock {
 struct ManualShared {
     nanos: AtomicU64,
     auto_advance: bool,
-    /// Every waiter's deadline and waker, until its wait ends. A plain `std` mutex, also under
-    /// loom: no loom operation happens while it is held, so it cannot hold up a model.
-    waiters: std::sync::Mutex<Vec<(u64, Waker)>>,
+    /// Every waiter's identity, deadline and waker, until its wait ends. A plain `std` mutex,
+    /// also under loom: no loom operation happens while it is held, so it cannot hold up a
+    /// model.
+    waiters: std::sync::Mutex<Vec<(u64, u64, Waker)>>,
 }
 
 impl Default for ManualClock {
@@ -883,7 +956,7 @@ impl ManualClock {
         step(before)
     }
 
-    fn waiters_lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Waker)>> {
+    fn waiters_lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, u64, Waker)>> {
         self.shared
             .waiters
             .lock()
@@ -895,8 +968,8 @@ impl ManualClock {
         let due: Vec<Waker> = self
             .waiters_lock()
             .iter()
-            .filter(|(deadline, _)| *deadline <= now)
-            .map(|(_, waker)| waker.clone())
+            .filter(|(_, deadline, _)| *deadline <= now)
+            .map(|(_, _, waker)| waker.clone())
             .collect();
         for waker in due {
             waker.wake();
@@ -914,19 +987,24 @@ impl Clock for ManualClock {
     /// at once if its deadline has come). With auto-advance, a new waiter first yields, so
     /// that others can register; after that the clock moves to the earliest registered
     /// deadline, never past it, and wakes the waiters that reached theirs.
-    fn wait_for(&self, deadline: u64, waker: &Waker) -> Wait {
+    fn wait_for(&self, waiter: Waiter<'_>, deadline: u64) -> Wait {
         let earliest = {
             let mut waiters = self.waiters_lock();
-            match waiters.iter_mut().find(|(_, known)| known.will_wake(waker)) {
-                Some(entry) => entry.0 = deadline,
+            match waiters.iter_mut().find(|(id, _, _)| *id == waiter.id) {
+                Some(entry) => {
+                    entry.1 = deadline;
+                    if !entry.2.will_wake(waiter.waker) {
+                        entry.2 = waiter.waker.clone();
+                    }
+                }
                 None => {
-                    waiters.push((deadline, waker.clone()));
+                    waiters.push((waiter.id, deadline, waiter.waker.clone()));
                     if self.shared.auto_advance {
                         return Wait::Yield;
                     }
                 }
             }
-            waiters.iter().map(|(deadline, _)| *deadline).min()
+            waiters.iter().map(|(_, deadline, _)| *deadline).min()
         };
         if let (true, Some(earliest)) = (self.shared.auto_advance, earliest) {
             // Outside the lock: under loom this is a model operation.
@@ -944,11 +1022,11 @@ impl Clock for ManualClock {
 
     /// Unregisters the waiter, and wakes the others so that the clock can move on to the next
     /// deadline.
-    fn done_waiting(&self, waker: &Waker) {
+    fn done_waiting(&self, waiter: Waiter<'_>) {
         let others: Vec<Waker> = {
             let mut waiters = self.waiters_lock();
-            waiters.retain(|(_, known)| !known.will_wake(waker));
-            waiters.iter().map(|(_, waker)| waker.clone()).collect()
+            waiters.retain(|(id, _, _)| *id != waiter.id);
+            waiters.iter().map(|(_, _, waker)| waker.clone()).collect()
         };
         if self.shared.auto_advance {
             for waker in others {

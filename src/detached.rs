@@ -814,9 +814,7 @@ where
         // the flush bit, or re-stamped by `run_leading` on this thread).
         let word = self.throttle.load(Ordering::Acquire);
         if state::is_pending(word) {
-            if let Some(started) = self.serve_deferral(word & !state::FLUSH, stopping) {
-                *last_start = Some(started);
-            }
+            self.serve_deferral(word & !state::FLUSH, stopping, last_start);
             return true;
         }
         leading > 0
@@ -843,7 +841,8 @@ where
 
     /// Moves the window's start to now, the moment the timer thread starts a leading run's
     /// work, so that the next run is due a threshold after the work started, not after the
-    /// caller's admission. Returns the new stamp. Stamps only move forward.
+    /// caller's admission. Stamps only move forward. Returns the reading, which the next run
+    /// on this thread is spaced from.
     fn restamp(&self) -> u64 {
         let now = self.throttle.clock().now_nanos();
         // Acquire: as in `serve_until_stopped`.
@@ -852,10 +851,10 @@ where
             let at = state::stamp(state::stamped(word, now));
             let next = (word & !state::STAMP_MASK) | state::STAMPED | at;
             if next == word {
-                return state::stamp_nanos(word);
+                return now;
             }
             match self.throttle.restamp(word, next) {
-                Ok(()) => return state::stamp_nanos(next),
+                Ok(()) => return now,
                 Err(seen) => word = seen,
             }
         }
@@ -863,27 +862,22 @@ where
 
     /// Waits for the deadline of the deferral that installed `word`, then runs it; or gives it
     /// up, if a shutdown under [`Shutdown::CancelPending`] comes first, or if the clock panics
-    /// (reported like a panic in the work), so that the deferral is never stranded. Returns
-    /// the run's stamp if it ran.
-    fn serve_deferral(&self, word: u64, stopping: Option<Stopwatch>) -> Option<u64> {
+    /// (reported like a panic in the work), so that the deferral is never stranded.
+    fn serve_deferral(&self, word: u64, stopping: Option<Stopwatch>, last_start: &mut Option<u64>) {
         let stamped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.stamp_unless_cancelled(word, stopping)
         }));
         match stamped {
-            Ok(Some(Ok(started))) => {
+            Ok(Some(Ok(stamp))) => {
+                *last_start = Some(stamp);
                 self.run_work();
-                Some(started)
             }
             // Revoked (cancelled or taken over): nothing to run or release.
-            Ok(None) => None,
-            Ok(Some(Err(()))) => {
-                self.throttle.release(word);
-                None
-            }
+            Ok(None) => {}
+            Ok(Some(Err(()))) => self.throttle.release(word),
             Err(payload) => {
                 self.throttle.release(word);
                 self.report_panic(payload);
-                None
             }
         }
     }
@@ -891,40 +885,57 @@ where
     /// Waits for `word`'s deadline and stamps its run (`Some(Ok(stamp))`); gives it up under
     /// a shutdown with [`Shutdown::CancelPending`] (`Some(Err(()))`); or finds it revoked
     /// (`None`). Under [`Shutdown::RunPending`], once the shutdown grace has passed, the run
-    /// is flushed: it runs at once.
+    /// is flushed: it runs at once. The wait ends before the stamp, so that the stamp is the
+    /// last thing before the work starts.
     fn stamp_unless_cancelled(
         &self,
         word: u64,
         stopping: Option<Stopwatch>,
     ) -> Option<Result<u64, ()>> {
         let slot = self.throttle.owner_slot();
-        wait::block_on_deadline(self.throttle.clock(), Some(slot), Some(MAX_SLICE), || {
-            // Acquire: as in `serve_until_stopped`.
-            let since =
-                stopping.or_else(|| self.stopping.load(Ordering::Acquire).then(Stopwatch::start));
-            if let Some(since) = since {
-                match self.shutdown {
-                    Shutdown::CancelPending => return Look::Done(Some(Err(()))),
-                    Shutdown::RunPending if since.has_elapsed(self.grace) => {
-                        self.throttle.flush();
+        let mut stopping = stopping;
+        loop {
+            let due =
+                wait::block_on_deadline(self.throttle.clock(), Some(slot), Some(MAX_SLICE), || {
+                    if stopping.is_none() && self.stopping.load(Ordering::Acquire) {
+                        // Acquire: as in `serve_until_stopped`.
+                        stopping = Some(Stopwatch::start());
                     }
-                    Shutdown::RunPending => {}
-                }
+                    if let Some(since) = stopping {
+                        match self.shutdown {
+                            Shutdown::CancelPending => return Look::Done(Some(Err(()))),
+                            Shutdown::RunPending if since.has_elapsed(self.grace) => {
+                                self.throttle.flush();
+                            }
+                            Shutdown::RunPending => {}
+                        }
+                    }
+                    match self.throttle.look(word) {
+                        Look::Done(Ok(())) => Look::Done(Some(Ok(()))),
+                        Look::Done(Err(_)) => Look::Done(None),
+                        Look::Until(deadline) => match stopping {
+                            // Look again when the grace runs out, whatever the clock does.
+                            Some(since) => {
+                                let left = since.left_of(self.grace).as_nanos() as u64;
+                                let now = self.throttle.clock().now_nanos();
+                                Look::Until(deadline.min(now.saturating_add(left)))
+                            }
+                            None => Look::Until(deadline),
+                        },
+                    }
+                });
+            match due {
+                None => return None,
+                Some(Err(())) => return Some(Err(())),
+                Some(Ok(())) => {}
             }
             match self.throttle.try_stamp(word) {
-                Look::Done(Ok(stamp)) => Look::Done(Some(Ok(stamp))),
-                Look::Done(Err(_)) => Look::Done(None),
-                Look::Until(deadline) => match since {
-                    // Look again when the grace runs out, whatever the clock does.
-                    Some(since) if self.shutdown == Shutdown::RunPending => {
-                        let left = since.left_of(self.grace);
-                        let now = self.throttle.clock().now_nanos();
-                        Look::Until(deadline.min(now.saturating_add(left.as_nanos() as u64)))
-                    }
-                    _ => Look::Until(deadline),
-                },
+                Look::Done(Ok(stamp)) => return Some(Ok(stamp)),
+                Look::Done(Err(_)) => return None,
+                // The clock stepped back since it was due: wait again.
+                Look::Until(_) => {}
             }
-        })
+        }
     }
 
     /// Runs the work, catching and reporting a panic.

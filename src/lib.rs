@@ -104,7 +104,7 @@ mod wait;
 
 #[cfg(feature = "tokio")]
 pub use crate::async_tokio::{AsyncThrottled, TokioClock};
-pub use crate::clock::{Clock, ClockSource, CoarseClock, DefaultClock, ManualClock, Wait};
+pub use crate::clock::{Clock, ClockSource, CoarseClock, DefaultClock, ManualClock, Wait, Waiter};
 pub use crate::counters::Stats;
 pub use crate::deferral::{Deferral, NotRun, OwnedDeferral, Revoked};
 pub use crate::detached::{Detached, DetachedBuilder, Dispatch, LeadingRun, Shutdown};

@@ -1070,9 +1070,27 @@ impl<C: Clock> Throttle<C> {
         Duration::from_nanos(self.deadline_nanos(word).saturating_sub(now))
     }
 
-    /// Looks at the deferral whose owner installed `word`: stamps its run if it is due (its
-    /// deadline has passed, or it was flushed), says when it will be, or that it was revoked.
-    /// The clearing of "pending" and the new stamp are one CAS.
+    /// Looks at the deferral whose owner installed `word` without changing anything: due (its
+    /// deadline has passed, or it was flushed), not yet (until when), or revoked.
+    pub(crate) fn look(&self, word: u64) -> Look<Result<(), Revoked>> {
+        // Acquire: as in `admit`.
+        let seen = self.load(Ordering::Acquire);
+        if seen & !state::FLUSH != word {
+            return Look::Done(Err(self.revoked(word)));
+        }
+        let threshold = self.threshold_nanos();
+        if state::is_flushed(seen)
+            || state::window_passed(word, self.inner.clock.now_nanos(), threshold)
+        {
+            Look::Done(Ok(()))
+        } else {
+            Look::Until(state::deadline(word, threshold))
+        }
+    }
+
+    /// Stamps the run of the deferral whose owner installed `word` if it is due, returning
+    /// the stamp in nanoseconds; or says when it will be, or that it was revoked. The clearing
+    /// of "pending" and the new stamp are one CAS.
     pub(crate) fn try_stamp(&self, word: u64) -> Look<Result<u64, Revoked>> {
         // Acquire: as in `admit`.
         let mut seen = self.load(Ordering::Acquire);
@@ -1137,10 +1155,19 @@ impl<C: Clock> Throttle<C> {
 
     /// Waits until the deferral of `word` is due, then stamps its run; or says why it was
     /// revoked.
+    ///
+    /// The wait ends (and its waker is unregistered) before the stamp, so that the stamp is the
+    /// last thing before the caller starts the work.
     pub(crate) fn stamp_when_due(&self, word: u64) -> Result<u64, Revoked> {
-        wait::block_on_deadline(self.clock(), Some(&self.inner.owner), None, || {
-            self.try_stamp(word)
-        })
+        loop {
+            wait::block_on_deadline(self.clock(), Some(&self.inner.owner), None, || {
+                self.look(word)
+            })?;
+            // Due a moment ago; a clock that stepped back since makes this wait again.
+            if let Look::Done(stamped) = self.try_stamp(word) {
+                return stamped;
+            }
+        }
     }
 
     /// Like `stamp_when_due`, waiting on the futures that `sleep` returns instead of blocking.
@@ -1153,10 +1180,16 @@ impl<C: Clock> Throttle<C> {
         S: FnMut(Duration) -> F,
         F: Future<Output = ()>,
     {
-        wait::wait_on_deadline(self.clock(), &self.inner.owner, sleep, || {
-            self.try_stamp(word)
-        })
-        .await
+        let mut sleep = sleep;
+        loop {
+            wait::wait_on_deadline(self.clock(), &self.inner.owner, &mut sleep, || {
+                self.look(word)
+            })
+            .await?;
+            if let Look::Done(stamped) = self.try_stamp(word) {
+                return stamped;
+            }
+        }
     }
 
     /// Moves the stamp of the window to `next` if the word still holds `current`: for a timer

@@ -1,7 +1,7 @@
 //! Waiting for a deadline: the slot where a waiting owner leaves its waker, wakers for
 //! threads, and the one loop that blocking waits, async waits and timer threads share.
 
-use crate::clock::{Clock, Wait};
+use crate::clock::{Clock, Wait, Waiter};
 use crate::sync::{self, Mutex, Thread};
 use core::future::Future;
 use core::task::{Poll, Waker};
@@ -102,12 +102,25 @@ pub(crate) enum Look<T> {
 pub(crate) struct Registration<'a, C: Clock> {
     clock: &'a C,
     slot: Option<&'a WakeSlot>,
+    /// The waiter's identity with the clock.
+    id: u64,
     waker: Waker,
 }
 
 impl<'a, C: Clock> Registration<'a, C> {
     pub(crate) fn new(clock: &'a C, slot: Option<&'a WakeSlot>, waker: Waker) -> Self {
-        Self { clock, slot, waker }
+        let id = Waiter::new(&waker).id();
+        Self {
+            clock,
+            slot,
+            id,
+            waker,
+        }
+    }
+
+    /// The waiter, as its clock knows it, woken through `waker`.
+    fn waiter<'w>(&self, waker: &'w Waker) -> Waiter<'w> {
+        Waiter::known(self.id, waker)
     }
 }
 
@@ -116,7 +129,7 @@ impl<C: Clock> Drop for Registration<'_, C> {
         if let Some(slot) = self.slot {
             slot.unregister(&self.waker);
         }
-        self.clock.done_waiting(&self.waker);
+        self.clock.done_waiting(self.waiter(&self.waker));
     }
 }
 
@@ -141,7 +154,7 @@ pub(crate) fn block_on_deadline<C: Clock, T>(
             Look::Done(result) => return result,
             Look::Until(deadline) => deadline,
         };
-        match clock.wait_for(deadline, &waker) {
+        match clock.wait_for(_registration.waiter(&waker), deadline) {
             Wait::Now => {}
             Wait::Yield => sync::yield_now(),
             Wait::UntilWoken => match bound {
@@ -180,8 +193,9 @@ where
         // Look, and decide how to wait, in one poll: the waker registered is this poll's.
         let step = core::future::poll_fn(|cx| {
             if !registration.waker.will_wake(cx.waker()) {
+                // Polled with another waker: the slot takes the new one; the clock updates
+                // the waiter's waker on the next `wait_for`.
                 slot.unregister(&registration.waker);
-                clock.done_waiting(&registration.waker);
                 registration.waker = cx.waker().clone();
             }
             slot.register(cx.waker());
@@ -189,7 +203,7 @@ where
                 Look::Done(result) => return Poll::Ready(Err(result)),
                 Look::Until(deadline) => deadline,
             };
-            match clock.wait_for(deadline, cx.waker()) {
+            match clock.wait_for(registration.waiter(cx.waker()), deadline) {
                 Wait::Now => {
                     cx.waker().wake_by_ref();
                     Poll::Pending

@@ -1,81 +1,95 @@
-//! The detached throttle: callers never wait, deferred runs happen on its timer thread.
+//! The detached throttle: callers never wait, deferred runs happen on its timer thread, the
+//! work's starts there are spaced by the threshold, and nothing the work, a hook, a payload or
+//! the clock does can stop the timer thread or strand a run.
 
-use atomic_throttle::{Clock, DefaultClock, Detached, Dispatch, LeadingRun, Shutdown, Throttle};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant};
-
+#[path = "support/expected_panics.rs"]
+mod expected_panics;
 #[path = "support/stamp_clock.rs"]
 mod stamp_clock;
+#[path = "support/wait_for.rs"]
+mod wait_for;
 
+use atomic_throttle::{
+    Clock, DefaultClock, Detached, Dispatch, LeadingRun, ManualClock, Shutdown, Throttle, Wait,
+    Waiter,
+};
+use expected_panics::{expected, explosive, Expected};
 use stamp_clock::{last_reading, StampClock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Barrier, Mutex, Weak};
+use std::time::{Duration, Instant};
+use wait_for::wait_for;
 
-/// Stamps of every run, recorded by the work.
+/// Readings of every run, recorded by the work.
 #[derive(Clone, Default)]
-struct Stamps(Arc<Mutex<Vec<u64>>>);
+struct Readings(Arc<Mutex<Vec<u64>>>);
 
-impl Stamps {
-    fn record(&self) {
-        self.0.lock().unwrap().push(last_reading());
+impl Readings {
+    fn push(&self, reading: u64) {
+        self.0.lock().unwrap().push(reading);
     }
     fn len(&self) -> usize {
         self.0.lock().unwrap().len()
     }
     fn sorted(&self) -> Vec<u64> {
-        let mut stamps = self.0.lock().unwrap().clone();
-        stamps.sort_unstable();
-        stamps
+        let mut readings = self.0.lock().unwrap().clone();
+        readings.sort_unstable();
+        readings
+    }
+    /// The smallest gap between two readings, and how many pairs are closer than `threshold`.
+    fn closest(&self, threshold: Duration) -> (u64, usize) {
+        let readings = self.sorted();
+        let gaps = readings.windows(2).map(|pair| pair[1] - pair[0]);
+        let close = gaps
+            .clone()
+            .filter(|gap| *gap < threshold.as_nanos() as u64)
+            .count();
+        (gaps.min().unwrap_or(u64::MAX), close)
     }
     fn assert_spaced(&self, threshold: Duration) {
-        for pair in self.sorted().windows(2) {
-            assert!(
-                pair[1] - pair[0] >= threshold.as_nanos() as u64,
-                "G1: runs {} ns apart",
-                pair[1] - pair[0]
-            );
-        }
+        let (closest, close) = self.closest(threshold);
+        assert_eq!(
+            close, 0,
+            "{close} pairs of runs closer than {threshold:?}; the closest {closest} ns apart"
+        );
     }
 }
 
-/// Waits up to five seconds for `done`, failing the test with `what` if it never comes.
-fn wait_for(done: impl Fn() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
+/// A detached throttle on the default clock whose work records the stamp of each run (its
+/// thread's last reading of the clock, which is the stamp's reading).
 fn detached(
     threshold: Duration,
     leading: LeadingRun,
-    stamps: &Stamps,
+    stamps: &Readings,
 ) -> Detached<impl Fn() + Send + Sync + 'static, StampClock> {
     let stamps = stamps.clone();
     Detached::builder(Throttle::with_clock(threshold, StampClock(DefaultClock::new())).unwrap())
         .leading_run(leading)
-        .spawn(move || stamps.record())
+        .spawn(move || stamps.push(last_reading()))
         .unwrap()
 }
 
 #[test]
 fn calls_never_wait_and_the_timer_thread_runs_the_deferral() {
     const T: Duration = Duration::from_millis(50);
-    let stamps = Stamps::default();
+    let stamps = Readings::default();
     let job = detached(T, LeadingRun::Inline, &stamps);
     let start = Instant::now();
     assert_eq!(job.call(), Dispatch::Leading);
     assert_eq!(job.call(), Dispatch::Deferred);
     assert_eq!(job.call(), Dispatch::Coalesced);
+    // No call waited for the window: each returned long before it ended (generous for a
+    // loaded machine: the window is 50 ms, and the three calls take microseconds).
     assert!(
-        start.elapsed() < T / 2,
-        "a call waited: {:?}",
+        start.elapsed() < T,
+        "the calls took {:?}: one waited",
         start.elapsed()
     );
     assert_eq!(stamps.len(), 1, "only the inline leading run so far");
-    wait_for(|| stamps.len() == 2, "the deferred run");
+    wait_for(|| stamps.len() == 2, "the deferred run on the timer thread");
     assert!(start.elapsed() >= T);
     assert!(!job.is_pending());
+    assert!(job.is_running());
     stamps.assert_spaced(T);
 }
 
@@ -99,41 +113,42 @@ fn leading_runs_go_to_the_timer_thread_by_default() {
 #[test]
 fn panicking_callers_cannot_strand_coverage() {
     const T: Duration = Duration::from_millis(20);
-    let stamps = Stamps::default();
+    let stamps = Readings::default();
     // Inline leading runs: each run's work then reads its own stamp on the thread that took it.
     let job = Arc::new(detached(T, LeadingRun::Inline, &stamps));
-    let silence = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     assert_eq!(job.call(), Dispatch::Leading);
     // Callers that crash right after their call, including the one answered Deferred.
     let answers: Vec<Dispatch> = (0..4)
         .map(|_| {
             let job = job.clone();
-            let crashed = std::thread::spawn(move || {
-                let answer = job.call();
-                std::panic::panic_any(answer);
+            let answer = Arc::new(Mutex::new(None));
+            let crashed = std::thread::spawn({
+                let answer = answer.clone();
+                move || {
+                    *answer.lock().unwrap() = Some(job.call());
+                    expected("a caller crashes after its call");
+                }
             })
-            .join()
-            .unwrap_err();
-            *crashed.downcast::<Dispatch>().unwrap()
+            .join();
+            assert!(crashed.is_err());
+            let answer = answer.lock().unwrap().take().unwrap();
+            answer
         })
         .collect();
-    std::panic::set_hook(silence);
     // Inside the window the first is Deferred and the rest Coalesced, unless the machine is
-    // slow enough that the window ends between them: then a later caller claims the next
-    // deferral. Never Now, and every deferral is run.
+    // slow enough that the window ends between them: then a later caller leads, or claims
+    // the next deferral. Every deferral is run all the same.
     assert_eq!(answers[0], Dispatch::Deferred);
-    assert!(
-        answers.iter().all(|a| *a != Dispatch::Leading),
-        "{answers:?}"
-    );
-    let deferred = answers.iter().filter(|a| **a == Dispatch::Deferred).count();
+    let runs = 1 + answers
+        .iter()
+        .filter(|a| **a == Dispatch::Deferred || **a == Dispatch::Leading)
+        .count();
     // The crashed callers owned nothing: the timer thread still runs every deferral.
     wait_for(
-        || stamps.len() > deferred,
+        || stamps.len() >= runs,
         "the runs covering the coalesced calls",
     );
-    assert_eq!(stamps.len(), 1 + deferred, "a run too many");
+    assert_eq!(stamps.len(), runs, "a run too many: {answers:?}");
     assert!(!job.is_pending());
     stamps.assert_spaced(T);
 }
@@ -147,25 +162,22 @@ fn a_panicking_work_is_reported_and_the_throttle_keeps_working() {
         .on_panic({
             let reported = reported.clone();
             move |payload| {
-                let message = payload.downcast_ref::<&str>().copied().unwrap_or("?");
-                reported.lock().unwrap().push(message.to_owned());
+                let what = payload.downcast_ref::<Expected>().map(|e| e.0);
+                reported.lock().unwrap().push(what);
             }
         })
         .spawn({
             let runs = runs.clone();
             move || {
                 if runs.fetch_add(1, Relaxed) == 0 {
-                    panic!("work failed");
+                    expected("work failed");
                 }
             }
         })
         .unwrap();
-    let silence = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     assert_eq!(job.call(), Dispatch::Leading); // panics on the timer thread
-    wait_for(|| job.panics() == 1, "the panic to be reported");
-    std::panic::set_hook(silence);
-    assert_eq!(reported.lock().unwrap().as_slice(), ["work failed"]);
+    wait_for(|| job.panics() == 1, "the work's panic to be reported");
+    assert_eq!(reported.lock().unwrap().as_slice(), [Some("work failed")]);
     assert_eq!(job.call(), Dispatch::Deferred);
     drop(job); // runs the pending call at its deadline, on the same timer thread
     assert_eq!(
@@ -175,10 +187,44 @@ fn a_panicking_work_is_reported_and_the_throttle_keeps_working() {
     );
 }
 
+/// A Detached whose work panics with a payload whose drop panics, and whose hook does the
+/// same: before the fix, dropping that payload outside any `catch_unwind` ended the timer
+/// thread with the deferral still pending, and every later call was Coalesced into a run that
+/// never came.
+#[test]
+fn a_payload_whose_drop_panics_cannot_end_the_timer_thread() {
+    const T: Duration = Duration::from_millis(5);
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = Detached::builder(Throttle::new(T))
+        .on_panic(|_| explosive())
+        .spawn({
+            let runs = runs.clone();
+            move || {
+                if runs.fetch_add(1, Relaxed) < 2 {
+                    explosive();
+                }
+            }
+        })
+        .unwrap();
+    assert_eq!(job.call(), Dispatch::Leading); // its work panics with the explosive payload
+    assert_eq!(job.call(), Dispatch::Deferred); // and so does this one's
+    wait_for(|| job.panics() == 2, "both panics to be reported");
+    assert!(job.is_running(), "the timer thread died");
+    assert!(!job.is_pending(), "a deferral was stranded");
+    // The thread still serves calls: a leading run, a deferred run covering a coalesced call.
+    std::thread::sleep(T * 2); // past the window of the last run
+    assert_eq!(job.call(), Dispatch::Leading);
+    assert_eq!(job.call(), Dispatch::Deferred);
+    assert_eq!(job.call(), Dispatch::Coalesced);
+    wait_for(|| runs.load(Relaxed) == 4, "the deferred run");
+    drop(job);
+    assert_eq!(runs.load(Relaxed), 4);
+}
+
 #[test]
 fn shutdown_runs_a_pending_deferral_at_its_deadline() {
     const T: Duration = Duration::from_millis(40);
-    let stamps = Stamps::default();
+    let stamps = Readings::default();
     let job = detached(T, LeadingRun::Inline, &stamps);
     let start = Instant::now();
     assert_eq!(job.call(), Dispatch::Leading);
@@ -210,18 +256,187 @@ fn shutdown_can_cancel_a_pending_deferral() {
     let start = Instant::now();
     drop(job);
     assert!(
-        start.elapsed() < Duration::from_secs(1),
-        "{:?}",
+        start.elapsed() < Duration::from_secs(30),
+        "the drop waited out the hour: {:?}",
         start.elapsed()
     );
     assert_eq!(runs.load(Relaxed), 1, "the cancelled deferral did not run");
+}
+
+/// Before the fix, `Shutdown::RunPending` waited for the deadline on the throttle's clock: a
+/// clock frozen short of it hung the drop forever, and one stepped back an hour blocked it for
+/// an hour. Now the wait is bounded by the shutdown grace in real time, after which the
+/// pending run happens at once.
+#[test]
+fn shutdown_is_bounded_in_real_time_whatever_the_clock_does() {
+    for step_back in [Duration::ZERO, Duration::from_secs(3600)] {
+        let clock = ManualClock::with_auto_advance(false); // frozen unless the test moves it
+        clock.advance(Duration::from_secs(7200));
+        let runs = Arc::new(AtomicU32::new(0));
+        let job = Detached::builder(
+            Throttle::with_clock(Duration::from_secs(10), clock.clone()).unwrap(),
+        )
+        .leading_run(LeadingRun::Inline)
+        .shutdown_grace(Duration::from_millis(200))
+        .unwrap()
+        .spawn({
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Relaxed);
+            }
+        })
+        .unwrap();
+        assert_eq!(job.call(), Dispatch::Leading);
+        assert_eq!(job.call(), Dispatch::Deferred);
+        clock.rewind(step_back);
+        let start = Instant::now();
+        drop(job);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(200),
+            "the grace was not waited: {took:?}"
+        );
+        assert!(took < Duration::from_secs(20), "the drop hung: {took:?}");
+        assert_eq!(runs.load(Relaxed), 2, "the pending run was lost");
+    }
+}
+
+#[test]
+fn after_shutdown_calls_are_closed_and_nothing_is_pending() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = Detached::new(Duration::from_millis(5), {
+        let runs = runs.clone();
+        move || {
+            runs.fetch_add(1, Relaxed);
+        }
+    });
+    assert_eq!(job.call(), Dispatch::Leading);
+    assert_eq!(job.call(), Dispatch::Deferred);
+    job.shutdown();
+    assert!(!job.is_running());
+    assert_eq!(runs.load(Relaxed), 2, "shutdown ran the pending run");
+    // A call after the timer thread stopped is told so; it is never coalesced into nothing.
+    for _ in 0..3 {
+        assert_eq!(job.call(), Dispatch::Closed);
+        assert!(
+            !job.is_pending(),
+            "a deferral pending with no thread to run it"
+        );
+    }
+    job.shutdown(); // idempotent
+    drop(job);
+    assert_eq!(runs.load(Relaxed), 2);
+}
+
+/// Before the fix, dropping the last handle from inside the work joined the timer thread from
+/// itself: "Resource deadlock avoided" panicked in `Drop`, and aborted the process when it
+/// happened during a panic's unwinding.
+#[test]
+fn dropping_the_last_handle_on_the_timer_thread_stops_it_without_joining_itself() {
+    for panic_in_flight in [false, true] {
+        let handle: Arc<Mutex<Weak<Detached<Box<dyn Fn() + Send + Sync>>>>> = Arc::default();
+        let dropped_on = Arc::new(Mutex::new(None));
+        let holding = Arc::new(AtomicBool::new(false));
+        let work: Box<dyn Fn() + Send + Sync> = Box::new({
+            let (handle, dropped_on, holding) =
+                (handle.clone(), dropped_on.clone(), holding.clone());
+            move || {
+                let strong = handle.lock().unwrap().upgrade();
+                if let Some(strong) = strong {
+                    holding.store(true, Relaxed);
+                    // Wait for the test to drop its handle: this one is then the last.
+                    while Arc::strong_count(&strong) > 1 {
+                        std::thread::yield_now();
+                    }
+                    *dropped_on.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+                    if panic_in_flight {
+                        let _last = strong; // dropped while the panic unwinds
+                        expected("the work fails while holding the last handle");
+                    }
+                    drop(strong);
+                }
+            }
+        });
+        let job = Arc::new(Detached::new(Duration::from_millis(5), work));
+        *handle.lock().unwrap() = Arc::downgrade(&job);
+        assert_eq!(job.call(), Dispatch::Leading);
+        wait_for(|| holding.load(Relaxed), "the work to take a handle");
+        drop(job);
+        wait_for(
+            || dropped_on.lock().unwrap().is_some(),
+            "the work to drop the last handle",
+        );
+        assert_eq!(
+            dropped_on.lock().unwrap().as_deref(),
+            Some("atomic-throttle-timer")
+        );
+        // The thread ends once the work returns; the process is still here to see it.
+        wait_for(
+            || handle.lock().unwrap().upgrade().is_none(),
+            "the handle to be gone",
+        );
+    }
+}
+
+/// The work's own start times on the timer thread are at least the threshold apart, with more
+/// calling threads than cores. Before the fix, a leading run was stamped by its caller's
+/// admission and started whenever the timer thread got to it, and the deferred run was due a
+/// threshold after the admission: the two starts could come microseconds apart.
+///
+/// The timer thread stamps each run and calls the work at once, so the work's own first
+/// reading trails the stamp by the few instructions in between, unless the thread is
+/// preempted right there; [`SLACK`] allows for that. The old stamping missed by the timer
+/// thread's whole wake-up latency, milliseconds under this load.
+#[test]
+fn work_starts_on_the_timer_thread_are_spaced_by_the_threshold_under_load() {
+    const T: Duration = Duration::from_millis(5);
+    const SLACK: Duration = Duration::from_micros(200);
+    let threads = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
+    let clock = DefaultClock::new();
+    let starts = Readings::default();
+    let job = Arc::new(Detached::new(T, {
+        let starts = starts.clone();
+        move || starts.push(clock.now_nanos())
+    }));
+    let barrier = Arc::new(Barrier::new(threads));
+    let feeds: Vec<_> = (0..threads)
+        .map(|_| {
+            let (job, barrier) = (job.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                for _ in 0..120 {
+                    // Every caller bursts at once, keeping every core busy (the timer thread
+                    // wakes late), then all pause past the window, so that each burst starts
+                    // with a leading run and a deferred run follows it.
+                    barrier.wait();
+                    let burst = Instant::now() + Duration::from_millis(2);
+                    while Instant::now() < burst {
+                        let _ = job.call();
+                    }
+                    std::thread::sleep(T + Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    for feed in feeds {
+        feed.join().unwrap();
+    }
+    drop(Arc::into_inner(job).expect("the feeds are done"));
+    let runs = starts.len();
+    assert!(runs > 200, "only {runs} runs");
+    let (closest, close) = starts.closest(T - SLACK);
+    eprintln!("{runs} runs; the closest consecutive work starts {closest} ns apart");
+    assert_eq!(
+        close, 0,
+        "{close} of {runs} consecutive work starts closer than {T:?} less {SLACK:?}; the \
+         closest {closest} ns apart"
+    );
 }
 
 #[test]
 fn eight_threads_for_two_seconds_every_call_is_followed_by_a_run() {
     const T: Duration = Duration::from_millis(2);
     const THREADS: usize = 8;
-    let stamps = Stamps::default();
+    let stamps = Readings::default();
     let runs = Arc::new(AtomicU64::new(0));
     let job = Arc::new(
         Detached::builder(Throttle::with_clock(T, StampClock(DefaultClock::new())).unwrap())
@@ -229,7 +444,7 @@ fn eight_threads_for_two_seconds_every_call_is_followed_by_a_run() {
             .spawn({
                 let (stamps, runs) = (stamps.clone(), runs.clone());
                 move || {
-                    stamps.record();
+                    stamps.push(last_reading());
                     runs.fetch_add(1, Relaxed);
                 }
             })
@@ -281,7 +496,11 @@ fn eight_threads_for_two_seconds_every_call_is_followed_by_a_run() {
         longest = longest.max(covering - mark);
     }
     for pair in stamps.windows(2) {
-        assert!(pair[1] - pair[0] >= T.as_nanos() as u64, "G1");
+        assert!(
+            pair[1] - pair[0] >= T.as_nanos() as u64,
+            "G1: runs stamped {} ns apart",
+            pair[1] - pair[0]
+        );
     }
     eprintln!(
         "{} runs, {} marks, longest wait from a call to the run covering it: {:?}",
@@ -294,45 +513,66 @@ fn eight_threads_for_two_seconds_every_call_is_followed_by_a_run() {
 #[test]
 fn leading_runs_slower_than_the_threshold_each_run_once_on_the_timer_thread() {
     const T: Duration = Duration::from_millis(2);
-    let runs = Arc::new(AtomicU32::new(0));
+    let clock = DefaultClock::new();
+    let starts = Readings::default();
     let job = Detached::new(T, {
-        let runs = runs.clone();
+        let starts = starts.clone();
         move || {
-            runs.fetch_add(1, Relaxed);
+            starts.push(clock.now_nanos());
             std::thread::sleep(T * 5); // much slower than the threshold
         }
     });
-    let mut now = 0;
+    let (mut leading, mut deferred) = (0, 0);
     for _ in 0..4 {
-        if job.call() == Dispatch::Leading {
-            now += 1;
+        match job.call() {
+            Dispatch::Leading => leading += 1,
+            Dispatch::Deferred => deferred += 1,
+            other => panic!("{other:?} with nothing pending"),
         }
-        std::thread::sleep(T * 2); // past the window: the next call is Now again
+        // Past the window of the caller's stamp: the next call leads again, unless the timer
+        // thread, busy with the slow work, re-stamped a leading run when it got to it.
+        std::thread::sleep(T * 2);
     }
-    assert!(now >= 2, "only {now} leading runs");
+    assert!(leading >= 2, "only {leading} leading runs");
     drop(job); // waits for the backlog
-    assert_eq!(runs.load(Relaxed), now, "every Now answer ran exactly once");
+    assert_eq!(
+        starts.len(),
+        leading + deferred,
+        "every leading and deferred run ran exactly once"
+    );
+    starts.assert_spaced(T);
 }
 
-/// A clock that panics once asked to wait.
+/// A manual clock that panics when a waiter asks it how to wait, while `panicking` is set.
 #[derive(Clone)]
-struct PanicsWhenWaiting(atomic_throttle::ManualClock);
+struct PanicsWhenWaiting {
+    clock: ManualClock,
+    panicking: Arc<AtomicBool>,
+}
 
 impl Clock for PanicsWhenWaiting {
     fn now_nanos(&self) -> u64 {
-        self.0.now_nanos()
+        self.clock.now_nanos()
     }
-    fn sleep(&self, _: Duration) {
-        panic!("clock failed");
+    fn wait_for(&self, waiter: Waiter<'_>, deadline: u64) -> Wait {
+        if self.panicking.load(Relaxed) {
+            expected("the clock failed");
+        }
+        self.clock.wait_for(waiter, deadline)
+    }
+    fn done_waiting(&self, waiter: Waiter<'_>) {
+        self.clock.done_waiting(waiter)
     }
 }
 
 #[test]
 fn a_panicking_clock_gives_the_deferral_up_and_the_timer_thread_survives() {
-    let clock = atomic_throttle::ManualClock::new();
+    let clock = PanicsWhenWaiting {
+        clock: ManualClock::new(),
+        panicking: Arc::new(AtomicBool::new(true)),
+    };
     let runs = Arc::new(AtomicU32::new(0));
-    let throttle =
-        Throttle::with_clock(Duration::from_millis(10), PanicsWhenWaiting(clock.clone())).unwrap();
+    let throttle = Throttle::with_clock(Duration::from_millis(10), clock.clone()).unwrap();
     let job = Detached::builder(throttle)
         .leading_run(LeadingRun::Inline)
         .on_panic(|_| {})
@@ -343,35 +583,88 @@ fn a_panicking_clock_gives_the_deferral_up_and_the_timer_thread_survives() {
             }
         })
         .unwrap();
-    let silence = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     assert_eq!(job.call(), Dispatch::Leading);
-    assert_eq!(job.call(), Dispatch::Deferred); // the timer thread's wait panics
-    wait_for(|| job.panics() == 1, "the clock's panic to be reported");
-    std::panic::set_hook(silence);
-    wait_for(|| !job.is_pending(), "the deferral to be given up");
-    // The timer thread lives on: past the window, a new deferral is handed over and run.
-    clock.advance(Duration::from_millis(10));
+    // The timer thread must wait for this one's deadline: asking the clock how, it panics.
     assert_eq!(job.call(), Dispatch::Deferred);
-    clock.advance(Duration::from_millis(20));
+    wait_for(|| job.panics() == 1, "the clock's panic to be reported");
+    wait_for(|| !job.is_pending(), "the deferral to be given up");
+    assert!(job.is_running());
+    // The timer thread lives on: with the clock healthy, the next deferral is run.
+    clock.panicking.store(false, Relaxed);
+    assert_eq!(job.call(), Dispatch::Deferred);
     wait_for(|| runs.load(Relaxed) == 2, "the next deferred run");
+    assert_eq!(job.panics(), 1);
 }
 
 #[test]
 fn dropping_with_a_deadline_past_the_end_of_the_clock_does_not_hang() {
-    let clock = atomic_throttle::ManualClock::new();
+    let clock = ManualClock::new();
     clock.advance(Duration::MAX);
     let job = Detached::builder(Throttle::with_clock(Duration::from_secs(1), clock).unwrap())
         .on_shutdown(Shutdown::RunPending)
+        .shutdown_grace(Duration::from_millis(100))
+        .unwrap()
         .spawn(|| ())
         .unwrap();
     assert_eq!(job.call(), Dispatch::Leading);
-    assert_eq!(job.call(), Dispatch::Deferred); // its deadline lies past u64::MAX ns
+    assert_eq!(job.call(), Dispatch::Deferred); // its deadline lies past the end of time
     let start = Instant::now();
     drop(job);
     assert!(
-        start.elapsed() < Duration::from_secs(2),
+        start.elapsed() < Duration::from_secs(20),
         "{:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn flush_runs_the_pending_deferral_on_the_timer_thread_at_once() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = Detached::builder(Throttle::new(Duration::from_secs(3600)))
+        .leading_run(LeadingRun::Inline)
+        .on_shutdown(Shutdown::CancelPending)
+        .spawn({
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Relaxed);
+            }
+        })
+        .unwrap();
+    assert!(!job.flush(), "nothing pending yet");
+    assert_eq!(job.call(), Dispatch::Leading);
+    assert_eq!(job.call(), Dispatch::Deferred); // due in an hour
+    let start = Instant::now();
+    assert!(job.flush());
+    wait_for(|| runs.load(Relaxed) == 2, "the flushed run");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    // The window counts from the flushed run: the next call is Deferred, and cancelling it
+    // means it never runs.
+    assert_eq!(job.call(), Dispatch::Deferred);
+    assert!(job.cancel());
+    assert!(!job.is_pending());
+    assert!(!job.cancel());
+    drop(job);
+    assert_eq!(runs.load(Relaxed), 2);
+}
+
+#[test]
+fn a_shorter_threshold_wakes_the_timer_thread_for_the_earlier_deadline() {
+    let clock = DefaultClock::new();
+    let starts = Readings::default();
+    let job = Detached::builder(Throttle::new(Duration::from_secs(3600)))
+        .leading_run(LeadingRun::Inline)
+        .spawn({
+            let starts = starts.clone();
+            move || starts.push(clock.now_nanos())
+        })
+        .unwrap();
+    assert_eq!(job.call(), Dispatch::Leading);
+    assert_eq!(job.call(), Dispatch::Deferred);
+    job.set_threshold(Duration::from_millis(20)).unwrap();
+    wait_for(|| starts.len() == 2, "the run at the new deadline");
+    starts.assert_spaced(Duration::from_millis(20));
+    // The run was stamped just before its work read the clock.
+    let starts = starts.sorted();
+    let stamp = job.last_run().expect("two runs");
+    assert!(stamp > starts[0] && stamp <= starts[1].div_ceil(1000) * 1000);
 }

@@ -120,20 +120,21 @@ async fn cancelling_during_the_async_work_never_runs_it_twice() {
         let (runs, finished) = (runs.clone(), finished.clone());
         async move {
             runs.record();
-            sleep(T / 4).await; // the work's own await point
+            sleep(T / 2).await; // the work's own await point
             finished.fetch_add(1, Relaxed);
         }
     });
-    // t = 0: the leading run, which finishes at T/4.
+    // t = 0: the leading run, which finishes at T/2.
     assert_eq!(job.call().await, Outcome::Now(()));
 
-    // t = T/4: Deferred, cancelled at 3T/4 while awaiting the deadline: the work never starts.
-    assert!(timeout(T / 2, job.call()).await.is_err());
+    // t = T/2: Deferred, cancelled at 3T/4 while awaiting the deadline: the work never starts.
+    assert!(timeout(T / 4, job.call()).await.is_err());
     assert_eq!(runs.count(), 1);
     assert!(!job.throttle().is_pending());
 
-    // t = 3T/4: Deferred again, runs at about T, cancelled at 5T/4 inside the work: it
-    // started once and did not finish. The run was stamped before the work started.
+    // t = 3T/4: Deferred again, runs at T, cancelled at 5T/4 inside the work (which would
+    // finish at 3T/2): it started once and did not finish. The run was stamped before the
+    // work started.
     assert!(timeout(T / 2, job.call()).await.is_err());
     assert_eq!(runs.count(), 2);
     assert_eq!(finished.load(Relaxed), 1);
@@ -155,10 +156,10 @@ async fn deferrals_wait_on_the_paused_clock() {
     let Admission::Deferred(deferral) = throttle.admit() else {
         panic!("expected Deferred")
     };
-    deferral.wait_async().await;
+    deferral.wait_async().await.unwrap();
     let waited = Instant::now() - start;
     // tokio's timer has millisecond granularity: the wait ends within about 1 ms of the
-    // deadline, which itself lies up to two 1024 ns ticks past T.
+    // deadline.
     assert!(
         waited >= T && waited <= T + Duration::from_millis(2),
         "{waited:?}"
