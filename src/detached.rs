@@ -726,7 +726,9 @@ impl<F, C: Clock> Shared<F, C> {
         // Release: every call made through the handle happened before; the timer thread's
         // Acquire load of `stopping` then sees their hand-offs.
         self.stopping.store(true, Ordering::Release);
-        self.hand_off();
+        if let Some(timer) = self.timer.get() {
+            timer.unpark();
+        }
         let on_timer = self
             .timer
             .get()

@@ -17,7 +17,20 @@ use std::time::Instant;
 /// - Any other mutant: refused, so that a run cannot pass by checking nothing.
 ///
 /// Prints how many executions loom explored and how long it took.
+///
+/// Every interleaving is explored, with no preemption bound (unless `LOOM_MAX_PREEMPTIONS`
+/// sets one); see [`verify_bounded`] for models too large for that.
 pub fn verify<F>(name: &str, catches: &[(&str, &str)], model: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    verify_bounded(name, None, catches, model)
+}
+
+/// [`verify`], exploring only the interleavings with at most `preemptions` preemptions (loom's
+/// own bound, as its docs recommend for models with several threads that each take many
+/// steps), unless `LOOM_MAX_PREEMPTIONS` sets another.
+pub fn verify_bounded<F>(name: &str, preemptions: Option<usize>, catches: &[(&str, &str)], model: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
@@ -30,8 +43,9 @@ where
         }
     };
     let started = Instant::now();
+    let builder = builder(preemptions);
     let Ok(mutant) = std::env::var("ATOMIC_THROTTLE_MUTANT") else {
-        loom::model(counted);
+        builder.check(counted);
         eprintln!(
             "{name}: passed {} executions in {:.2?}",
             executions.load(Ordering::Relaxed),
@@ -46,7 +60,7 @@ where
         );
     };
     let context = format!("{name} against mutant {mutant}");
-    let message = expect_failure(&context, failure, counted);
+    let message = expect_failure(&context, failure, move || builder.check(counted));
     eprintln!(
         "{name}: caught mutant {mutant} after {} executions in {:.2?}: {}",
         executions.load(Ordering::Relaxed),
@@ -66,7 +80,7 @@ where
         "{name} demonstrates documented behaviour and is no mutant's control"
     );
     let started = Instant::now();
-    expect_failure(name, failure, model);
+    expect_failure(name, failure, move || loom::model(model));
     eprintln!(
         "{name}: showed the documented reordering in {:.2?}",
         started.elapsed()
@@ -86,13 +100,19 @@ pub fn silence_expected_panics() {
     });
 }
 
-/// Runs `model` under loom, which must find an interleaving that panics with a message
+/// A loom model builder with `preemptions` as its bound, unless the environment sets one.
+fn builder(preemptions: Option<usize>) -> loom::model::Builder {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = preemptions;
+    }
+    builder
+}
+
+/// Runs `check` (a loom model), which must find an interleaving that panics with a message
 /// containing `failure`; returns the message. `context` names the run in the assertions.
-fn expect_failure<F>(context: &str, failure: &str, model: F) -> String
-where
-    F: Fn() + Sync + Send + 'static,
-{
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loom::model(model)));
+fn expect_failure(context: &str, failure: &str, check: impl FnOnce()) -> String {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
     let Err(payload) = outcome else {
         panic!("{context}: every interleaving passed; the model does not catch what it is about");
     };
