@@ -208,7 +208,7 @@ impl<T: ThrottleRef> Deferral<T> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn deadline(&self) -> u64 {
-        self.throttle.deadline_nanos(self.word)
+        self.throttle.core().deadline_nanos(self.word)
     }
 
     /// How long until the deadline; zero once it has passed.
@@ -230,7 +230,7 @@ impl<T: ThrottleRef> Deferral<T> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn remaining(&self) -> Duration {
-        self.throttle.remaining(self.word)
+        self.throttle.core().remaining(self.word)
     }
 
     /// Blocks until the deadline (or a flush), stamps the run, then runs `f` and returns its
@@ -265,7 +265,7 @@ impl<T: ThrottleRef> Deferral<T> {
     /// # Ok::<(), atomic_throttle::Revoked>(())
     /// ```
     pub fn run<R>(mut self, f: impl FnOnce() -> R) -> Result<R, Revoked> {
-        let stamped = self.throttle.stamp_when_due(self.word);
+        let stamped = self.throttle.word().stamp_when_due(self.word);
         // Stamped or revoked: nothing is left to release.
         self.spent = true;
         stamped.map(|_| f())
@@ -338,7 +338,11 @@ impl<T: ThrottleRef> Deferral<T> {
         S: FnMut(Duration) -> F,
         F: Future<Output = ()>,
     {
-        let stamped = self.throttle.stamp_when_due_async(self.word, sleep).await;
+        let stamped = self
+            .throttle
+            .word()
+            .stamp_when_due_async(self.word, sleep)
+            .await;
         self.spent = true;
         stamped.map(drop)
         // Dropped before this point, with the future, the deferral is released.
@@ -369,7 +373,7 @@ impl<T: ThrottleRef> Deferral<T> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn try_run<R>(mut self, f: impl FnOnce() -> R) -> Result<R, NotRun<Self>> {
-        match self.throttle.try_stamp(self.word) {
+        match self.throttle.word().try_stamp(self.word) {
             Look::Until(_) => Err(NotRun::NotDue(self)),
             Look::Done(stamped) => {
                 self.spent = true;
@@ -399,7 +403,7 @@ impl<T: ThrottleRef> Drop for Deferral<T> {
     fn drop(&mut self) {
         let release = !self.spent || crate::sync::is_mutant(crate::sync::mutant!(ReleaseAfterRun));
         if release {
-            self.throttle.release(self.word);
+            self.throttle.word().release(self.word);
         }
     }
 }

@@ -480,7 +480,7 @@ where
                 if shared.closed_after_hand_off() {
                     // No timer thread to run it: give it up rather than strand it (if the
                     // timer thread's last look already ran it, this changes nothing).
-                    shared.throttle.release(word);
+                    shared.throttle.word().release(word);
                     return Dispatch::Closed;
                 }
                 shared.hand_off();
@@ -828,7 +828,7 @@ where
         if let Some(last) = *last_start {
             let clock = self.throttle.clock();
             wait::block_on_deadline(clock, None, Some(MAX_SLICE), || {
-                let due = last.saturating_add(self.throttle.threshold_nanos());
+                let due = last.saturating_add(self.throttle.core().threshold_nanos());
                 let graceless = stopping.is_some_and(|since| since.has_elapsed(self.grace));
                 if graceless || clock.now_nanos() >= due {
                     Look::Done(())
@@ -855,7 +855,7 @@ where
             if next == word {
                 return now;
             }
-            match self.throttle.restamp(word, next) {
+            match self.throttle.word().install(word, next) {
                 Ok(()) => return now,
                 Err(seen) => word = seen,
             }
@@ -876,9 +876,9 @@ where
             }
             // Revoked (cancelled or taken over): nothing to run or release.
             Ok(None) => {}
-            Ok(Some(Err(()))) => self.throttle.release(word),
+            Ok(Some(Err(()))) => self.throttle.word().release(word),
             Err(payload) => {
-                self.throttle.release(word);
+                self.throttle.word().release(word);
                 self.report_panic(payload);
             }
         }
@@ -894,7 +894,7 @@ where
         word: u64,
         stopping: Option<Stopwatch>,
     ) -> Option<Result<u64, ()>> {
-        let slot = self.throttle.owner_slot();
+        let slot = self.throttle.word().owner;
         let mut stopping = stopping;
         loop {
             let due =
@@ -912,7 +912,7 @@ where
                             Shutdown::RunPending => {}
                         }
                     }
-                    match self.throttle.look(word) {
+                    match self.throttle.word().look(word) {
                         Look::Done(Ok(())) => Look::Done(Some(Ok(()))),
                         Look::Done(Err(_)) => Look::Done(None),
                         Look::Until(deadline) => match stopping {
@@ -931,7 +931,7 @@ where
                 Some(Err(())) => return Some(Err(())),
                 Some(Ok(())) => {}
             }
-            match self.throttle.try_stamp(word) {
+            match self.throttle.word().try_stamp(word) {
                 Look::Done(Ok(stamp)) => return Some(Ok(stamp)),
                 Look::Done(Err(_)) => return None,
                 // The clock stepped back since it was due: wait again.
@@ -968,7 +968,7 @@ impl<F: Fn() + Send + Sync + 'static, C: Clock> Drop for Gone<'_, F, C> {
         // nobody will run it now.
         let word = shared.throttle.load(Ordering::Acquire);
         if state::is_pending(word) {
-            shared.throttle.release(word & !state::FLUSH);
+            shared.throttle.word().release(word & !state::FLUSH);
         }
     }
 }

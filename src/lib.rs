@@ -101,6 +101,7 @@ mod sync;
 mod throttle;
 mod throttled;
 mod wait;
+mod word;
 
 #[cfg(feature = "tokio")]
 pub use crate::async_tokio::{AsyncThrottled, TokioClock};

@@ -2,13 +2,13 @@
 
 use crate::clock::{nanos_saturating, Clock, DefaultClock};
 use crate::counters::{Counters, Stats};
-use crate::deferral::{Deferral, Revoked};
+use crate::deferral::Deferral;
 use crate::error::ThresholdError;
-use crate::state::{self, Decision, Mode, Rules, NO_LEASE};
+use crate::state::{self, Mode, NO_LEASE};
 use crate::sync::{self, AtomicU64, Ordering};
-use crate::wait::{self, Look, WakeSlot};
+use crate::wait::WakeSlot;
+use crate::word::{Answer, Core, Word};
 use core::fmt;
-use core::future::Future;
 use core::time::Duration;
 use crossbeam_utils::CachePadded;
 use std::sync::Arc;
@@ -53,18 +53,10 @@ pub struct Throttle<C: Clock = DefaultClock> {
 struct Inner<C> {
     /// The packed state: see `state.rs` for the layout.
     state: AtomicU64,
-    /// The threshold in nanoseconds; [`Throttle::set_threshold`] changes it.
-    threshold: AtomicU64,
-    /// The threshold the throttle was built with, for the `stale_threshold` mutant.
-    #[cfg(loom)]
-    built_threshold: u64,
-    mode: Mode,
-    /// The lease in nanoseconds, [`NO_LEASE`] for none.
-    lease: u64,
+    /// The threshold, mode, lease, counters and clock.
+    core: Core<C>,
     /// Where a waiting owner leaves its waker.
     owner: WakeSlot,
-    counters: Option<Box<Counters>>,
-    clock: C,
 }
 
 /// The answer to one admission. `T` is how the deferral holds its throttle: `&Throttle` from
@@ -337,17 +329,12 @@ impl<C: Clock> ThrottleBuilder<C> {
             }
             Some(lease) => nanos_saturating(lease),
         };
+        let counters = self.counting.then(|| Box::new(Counters::new()));
         Ok(Throttle {
             inner: CachePadded::new(Inner {
                 state: AtomicU64::new(state::FRESH),
-                threshold: AtomicU64::new(threshold),
-                #[cfg(loom)]
-                built_threshold: threshold,
-                mode: self.mode,
-                lease,
+                core: Core::new(threshold, self.mode, lease, counters, self.clock),
                 owner: WakeSlot::new(),
-                counters: self.counting.then(|| Box::new(Counters::new())),
-                clock: self.clock,
             }),
         })
     }
@@ -396,15 +383,19 @@ impl Throttle<DefaultClock> {
                  Throttle::MAX_THRESHOLD (2^62 ns, about 146 years)"
             );
         }
+        let threshold = threshold.as_nanos() as u64;
+        let core = Core::new(
+            threshold,
+            Mode::LeadingAndTrailing,
+            NO_LEASE,
+            None,
+            DefaultClock::new(),
+        );
         Self {
             inner: CachePadded::new(Inner {
                 state: AtomicU64::new(state::FRESH),
-                threshold: AtomicU64::new(threshold.as_nanos() as u64),
-                mode: Mode::LeadingAndTrailing,
-                lease: NO_LEASE,
+                core,
                 owner: WakeSlot::new(),
-                counters: None,
-                clock: DefaultClock::new(),
             }),
         }
     }
@@ -501,7 +492,7 @@ impl<C: Clock> Throttle<C> {
     /// assert_eq!(Throttle::new(Duration::from_secs(3)).threshold(), Duration::from_secs(3));
     /// ```
     pub fn threshold(&self) -> Duration {
-        Duration::from_nanos(self.threshold_nanos())
+        Duration::from_nanos(self.inner.core.threshold_nanos())
     }
 
     /// Changes the threshold, lock-free, from any thread.
@@ -533,10 +524,8 @@ impl<C: Clock> Throttle<C> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn set_threshold(&self, threshold: Duration) -> Result<(), ThresholdError> {
-        let threshold = checked_threshold(threshold)?;
-        // Release: an admission that reads the new threshold (Acquire, in `rules`) also sees
-        // what this caller did before changing it.
-        self.inner.threshold.store(threshold, Ordering::Release);
+        checked_threshold(threshold)?;
+        self.inner.core.set_threshold(threshold);
         // The waiting owner's deadline moved: wake it to look again.
         self.inner.owner.wake();
         Ok(())
@@ -552,7 +541,7 @@ impl<C: Clock> Throttle<C> {
     /// assert_eq!(Throttle::new(Duration::from_secs(1)).mode(), Mode::LeadingAndTrailing);
     /// ```
     pub fn mode(&self) -> Mode {
-        self.inner.mode
+        self.inner.core.mode
     }
 
     /// The lease set with [`ThrottleBuilder::lease`], if any.
@@ -568,7 +557,8 @@ impl<C: Clock> Throttle<C> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn lease(&self) -> Option<Duration> {
-        (self.inner.lease != NO_LEASE).then(|| Duration::from_nanos(self.inner.lease))
+        let lease = self.inner.core.lease;
+        (lease != NO_LEASE).then(|| Duration::from_nanos(lease))
     }
 
     /// The clock this throttle reads.
@@ -585,7 +575,7 @@ impl<C: Clock> Throttle<C> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn clock(&self) -> &C {
-        &self.inner.clock
+        &self.inner.core.clock
     }
 
     /// Whether a deferral is pending: the next admission would be Coalesced.
@@ -665,10 +655,11 @@ impl<C: Clock> Throttle<C> {
         // Acquire: a caller that sees a stamp or a claim sees what its writer did before it
         // (pairs with the AcqRel CASes in `install` and `stamp`).
         let word = self.load(Ordering::Acquire);
-        if state::is_pending(word) && self.inner.lease == NO_LEASE {
-            return self.coalesced();
+        if self.inner.core.coalesces(word) {
+            self.inner.core.skipped();
+            return Admission::Coalesced;
         }
-        self.decide_and_install(self, word, &mut 0)
+        self.decide(self, word, &mut 0)
     }
 
     /// Like [`admit`](Throttle::admit), but also says how many compare-and-swaps this call lost
@@ -688,10 +679,7 @@ impl<C: Clock> Throttle<C> {
         let mut lost = 0;
         // Acquire: as in `admit`.
         let word = self.load(Ordering::Acquire);
-        if state::is_pending(word) && self.inner.lease == NO_LEASE {
-            return (self.coalesced(), lost);
-        }
-        let answer = self.decide_and_install(self, word, &mut lost);
+        let answer = self.decide(self, word, &mut lost);
         (answer, lost)
     }
 
@@ -746,10 +734,11 @@ impl<C: Clock> Throttle<C> {
     pub fn admit_owned(self: &Arc<Self>) -> OwnedAdmission<C> {
         // Acquire: as in `admit`.
         let word = self.load(Ordering::Acquire);
-        if state::is_pending(word) && self.inner.lease == NO_LEASE {
-            return self.coalesced();
+        if self.inner.core.coalesces(word) {
+            self.inner.core.skipped();
+            return Admission::Coalesced;
         }
-        self.decide_and_install(Arc::clone(self), word, &mut 0)
+        self.decide(Arc::clone(self), word, &mut 0)
     }
 
     /// [`admit_owned`](Throttle::admit_owned) with the happens-before edge of
@@ -776,10 +765,7 @@ impl<C: Clock> Throttle<C> {
             .inner
             .state
             .fetch_or(0, sync::ordering(Ordering::AcqRel));
-        if state::is_pending(word) && self.inner.lease == NO_LEASE {
-            return self.coalesced();
-        }
-        self.decide_and_install(handle, word, &mut 0)
+        self.decide(handle, word, &mut 0)
     }
 
     /// Withdraws the pending deferral, from any thread. Returns whether one was pending.
@@ -809,27 +795,7 @@ impl<C: Clock> Throttle<C> {
     /// assert!(!throttle.cancel()); // nothing left to cancel
     /// ```
     pub fn cancel(&self) -> bool {
-        // Acquire: as in `admit`.
-        let mut word = self.load(Ordering::Acquire);
-        loop {
-            if !state::is_pending(word) {
-                return false;
-            }
-            // AcqRel, Acquire on failure: as in `install`.
-            match self.inner.state.compare_exchange(
-                word,
-                state::cancelled(word),
-                sync::ordering(Ordering::AcqRel),
-                sync::ordering(Ordering::Acquire),
-            ) {
-                Ok(_) => {
-                    self.count(|stats| &stats.cancels);
-                    self.inner.owner.wake();
-                    return true;
-                }
-                Err(seen) => word = seen,
-            }
-        }
+        self.word().cancel()
     }
 
     /// Runs the pending deferral now instead of at its deadline, from any thread. Returns
@@ -857,30 +823,7 @@ impl<C: Clock> Throttle<C> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn flush(&self) -> bool {
-        // Acquire: as in `admit`.
-        let mut word = self.load(Ordering::Acquire);
-        loop {
-            if !state::is_pending(word) {
-                return false;
-            }
-            if state::is_flushed(word) {
-                self.inner.owner.wake();
-                return true;
-            }
-            // AcqRel, Acquire on failure: as in `install`.
-            match self.inner.state.compare_exchange(
-                word,
-                word | state::FLUSH,
-                sync::ordering(Ordering::AcqRel),
-                sync::ordering(Ordering::Acquire),
-            ) {
-                Ok(_) => {
-                    self.inner.owner.wake();
-                    return true;
-                }
-                Err(seen) => word = seen,
-            }
-        }
+        self.word().flush()
     }
 
     /// A snapshot of the counters, if the throttle was built with
@@ -900,10 +843,10 @@ impl<C: Clock> Throttle<C> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn stats(&self) -> Option<Stats> {
-        self.inner
-            .counters
+        let core = &self.inner.core;
+        core.counters
             .as_deref()
-            .map(|counters| counters.snapshot(self.inner.mode))
+            .map(|counters| counters.snapshot(core.mode))
     }
 
     /// How many calls were coalesced or suppressed since the count was last taken, for the run
@@ -932,7 +875,11 @@ impl<C: Clock> Throttle<C> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn take_skipped(&self) -> u64 {
-        self.inner.counters.as_deref().map_or(0, Counters::take)
+        self.inner
+            .core
+            .counters
+            .as_deref()
+            .map_or(0, Counters::take)
     }
 
     #[inline(always)]
@@ -940,300 +887,39 @@ impl<C: Clock> Throttle<C> {
         self.inner.state.load(sync::ordering(ordering))
     }
 
-    /// The threshold in nanoseconds.
+    /// The throttle's word, through its core.
     #[inline(always)]
-    pub(crate) fn threshold_nanos(&self) -> u64 {
-        #[cfg(loom)]
-        if sync::is_mutant(sync::mutant!(StaleThreshold)) {
-            return self.inner.built_threshold;
-        }
-        // Acquire: pairs with the Release store in `set_threshold`.
-        self.inner.threshold.load(Ordering::Acquire)
-    }
-
-    /// The rules a decision made now follows.
-    #[inline(always)]
-    fn rules(&self) -> Rules {
-        Rules {
-            threshold: self.threshold_nanos(),
-            mode: self.inner.mode,
-            lease: self.inner.lease,
+    pub(crate) fn word(&self) -> Word<'_, C> {
+        Word {
+            state: &self.inner.state,
+            core: &self.inner.core,
+            owner: &self.inner.owner,
         }
     }
 
-    /// A Coalesced answer, counted if counting is on.
+    /// The throttle's core: threshold, mode, lease, counters, clock.
     #[inline(always)]
-    fn coalesced<T: ThrottleRef>(&self) -> Admission<T> {
-        if let Some(counters) = &self.inner.counters {
-            counters.skipped();
-        }
-        Admission::Coalesced
+    pub(crate) fn core(&self) -> &Core<C> {
+        &self.inner.core
     }
 
-    /// Adds one to a counter of the snapshot, if counting is on.
-    #[inline(always)]
-    pub(crate) fn count(&self, which: impl FnOnce(&Counters) -> &AtomicU64) {
-        if let Some(counters) = &self.inner.counters {
-            // Relaxed: a statistic, ordered with nothing.
-            which(counters).fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// The Now/Deferred path: one clock read, then CAS until the word this call decided on is
-    /// installed or a deferral turns out to be pending.
-    #[inline(never)]
-    fn decide_and_install<T: ThrottleRef<Clock = C>>(
+    /// Decides an admission that saw `word`, and wraps the answer for `handle`.
+    #[inline]
+    fn decide<T: ThrottleRef<Clock = C>>(
         &self,
         handle: T,
-        mut word: u64,
+        word: u64,
         lost: &mut u32,
     ) -> Admission<T> {
-        // One reading serves every retry: if another caller stamped after it, the reading
-        // looks earlier than that stamp and counts as no time, so this call is Deferred (or
-        // Coalesced), never a second Now inside the window.
-        let now = self.inner.clock.now_nanos();
-        let rules = self.rules();
-        loop {
-            let next = match state::decide(word, now, &rules) {
-                Decision::Coalesced => return self.coalesced(),
-                Decision::Suppressed => {
-                    if let Some(counters) = &self.inner.counters {
-                        counters.skipped();
-                    }
-                    return Admission::Suppressed {
-                        until: state::deadline(word, rules.threshold),
-                    };
-                }
-                Decision::Now(next) | Decision::Deferred(next) | Decision::TakeOver(next) => next,
-            };
-            match self.install(word, next) {
-                Ok(()) if state::is_pending(next) => {
-                    return Admission::Deferred(Deferral::new(handle, next));
-                }
-                Ok(()) => {
-                    if state::is_pending(word) {
-                        self.count(|stats| &stats.takeovers);
-                    } else {
-                        self.count(|stats| &stats.leading);
-                    }
-                    return Admission::Now;
-                }
-                Err(seen) => {
-                    *lost += 1;
-                    word = seen;
-                }
-            }
+        if self.inner.core.coalesces(word) {
+            self.inner.core.skipped();
+            return Admission::Coalesced;
         }
-    }
-
-    /// Replaces `current` with `next` if the word still holds `current`.
-    #[inline(always)]
-    fn install(&self, current: u64, next: u64) -> Result<(), u64> {
-        if sync::is_mutant(sync::mutant!(LoadStore)) {
-            self.inner.state.store(next, Ordering::Release);
-            return Ok(());
-        }
-        if sync::is_mutant(sync::mutant!(TakeoverKeepsClaim))
-            && state::is_pending(current)
-            && !state::is_pending(next)
-        {
-            // The broken takeover: the abandoned claim stays installed for the taker, and its
-            // old owner can still stamp or release it.
-            return Ok(());
-        }
-        // Success AcqRel: Release publishes this caller's earlier writes to whoever sees the
-        // new stamp or claim (pairs with the Acquire loads in `admit` and `is_pending`);
-        // Acquire makes this caller see what the writer of the word it replaces did before
-        // writing it (an earlier caller's admission, an owner's stamp or release), not that
-        // run's work, which starts after its stamp. Failure Acquire: the word seen is decided
-        // on again, so it needs the same view as `admit`.
-        self.inner
-            .state
-            .compare_exchange(
-                current,
-                next,
-                sync::ordering(Ordering::AcqRel),
-                sync::ordering(Ordering::Acquire),
-            )
-            .map(drop)
-    }
-
-    /// The deadline of the deferral whose owner installed `word`, in the clock's nanoseconds
-    /// (`u64::MAX` if it lies past the end of the throttle's time).
-    pub(crate) fn deadline_nanos(&self, word: u64) -> u64 {
-        state::deadline(word, self.threshold_nanos())
-    }
-
-    /// How long until the deadline of `word`'s deferral, zero once it has passed.
-    pub(crate) fn remaining(&self, word: u64) -> Duration {
-        let now = self.inner.clock.now_nanos();
-        Duration::from_nanos(self.deadline_nanos(word).saturating_sub(now))
-    }
-
-    /// Looks at the deferral whose owner installed `word` without changing anything: due (its
-    /// deadline has passed, or it was flushed), not yet (until when), or revoked.
-    pub(crate) fn look(&self, word: u64) -> Look<Result<(), Revoked>> {
-        // Acquire: as in `admit`.
-        let seen = self.load(Ordering::Acquire);
-        if seen & !state::FLUSH != word {
-            return Look::Done(Err(self.revoked(word)));
-        }
-        let threshold = self.threshold_nanos();
-        if state::is_flushed(seen)
-            || state::window_passed(word, self.inner.clock.now_nanos(), threshold)
-        {
-            Look::Done(Ok(()))
-        } else {
-            Look::Until(state::deadline(word, threshold))
-        }
-    }
-
-    /// Stamps the run of the deferral whose owner installed `word` if it is due, returning
-    /// the stamp in nanoseconds; or says when it will be, or that it was revoked. The clearing
-    /// of "pending" and the new stamp are one CAS.
-    pub(crate) fn try_stamp(&self, word: u64) -> Look<Result<u64, Revoked>> {
-        // Acquire: as in `admit`.
-        let mut seen = self.load(Ordering::Acquire);
-        loop {
-            if seen & !state::FLUSH != word {
-                return Look::Done(Err(self.revoked(word)));
-            }
-            let now = self.inner.clock.now_nanos();
-            let threshold = self.threshold_nanos();
-            if !state::is_flushed(seen) && !state::window_passed(word, now, threshold) {
-                return Look::Until(state::deadline(word, threshold));
-            }
-            let next = state::stamped(word, now);
-            if sync::is_mutant(sync::mutant!(SplitStamp)) {
-                // The lodash-style bug: "pending" is cleared first, so a caller in between
-                // sees the old stamp, finds the window over, and runs alongside this owner.
-                self.inner
-                    .state
-                    .store(state::released(word), Ordering::Release);
-                self.inner.state.store(next, Ordering::Release);
-                return Look::Done(Ok(state::stamp_nanos(next)));
-            }
-            // AcqRel: Release publishes the owner's writes before its run to later callers
-            // (pairs with the Acquire loads in `admit`); Acquire makes the run see the writes
-            // of callers that used `admit_publishing` (pairs with its AcqRel fetch_or, through
-            // the release sequence every later RMW of the word continues). Failure Acquire:
-            // the word seen is looked at again.
-            match self.inner.state.compare_exchange(
-                seen,
-                next,
-                sync::ordering(Ordering::AcqRel),
-                sync::ordering(Ordering::Acquire),
-            ) {
-                Ok(_) => {
-                    self.count(|stats| &stats.deferred);
-                    return Look::Done(Ok(state::stamp_nanos(next)));
-                }
-                // A flush or a cancel came in between: look again.
-                Err(changed) => seen = changed,
-            }
-        }
-    }
-
-    /// Why the deferral whose owner installed `word` is no longer theirs: a cancel keeps the
-    /// stamp (unless its generation wrapped), a takeover moves it. If the stamp moved, the
-    /// claim was taken over, or cancelled and then a run came: the owner is told it was taken
-    /// over if its lease has expired by now.
-    #[cold]
-    fn revoked(&self, word: u64) -> Revoked {
-        // Acquire: as in `admit`.
-        let seen = self.load(Ordering::Acquire);
-        if self.inner.lease == NO_LEASE || state::stamp(seen) == state::stamp(word) {
-            return Revoked::Cancelled;
-        }
-        let now = self.inner.clock.now_nanos();
-        if state::lease_expired(word, now, &self.rules()) {
-            Revoked::TakenOver
-        } else {
-            Revoked::Cancelled
-        }
-    }
-
-    /// Waits until the deferral of `word` is due, then stamps its run; or says why it was
-    /// revoked.
-    ///
-    /// The wait ends (and its waker is unregistered) before the stamp, so that the stamp is the
-    /// last thing before the caller starts the work.
-    pub(crate) fn stamp_when_due(&self, word: u64) -> Result<u64, Revoked> {
-        loop {
-            wait::block_on_deadline(self.clock(), Some(&self.inner.owner), None, || {
-                self.look(word)
-            })?;
-            // Due a moment ago; a clock that stepped back since makes this wait again.
-            if let Look::Done(stamped) = self.try_stamp(word) {
-                return stamped;
-            }
-        }
-    }
-
-    /// Like `stamp_when_due`, waiting on the futures that `sleep` returns instead of blocking.
-    pub(crate) async fn stamp_when_due_async<S, F>(
-        &self,
-        word: u64,
-        sleep: S,
-    ) -> Result<u64, Revoked>
-    where
-        S: FnMut(Duration) -> F,
-        F: Future<Output = ()>,
-    {
-        let mut sleep = sleep;
-        loop {
-            wait::wait_on_deadline(self.clock(), &self.inner.owner, &mut sleep, || {
-                self.look(word)
-            })
-            .await?;
-            if let Look::Done(stamped) = self.try_stamp(word) {
-                return stamped;
-            }
-        }
-    }
-
-    /// Moves the stamp of the window to `next` if the word still holds `current`: for a timer
-    /// thread that stamps a leading run when it starts the work.
-    pub(crate) fn restamp(&self, current: u64, next: u64) -> Result<(), u64> {
-        self.install(current, next)
-    }
-
-    /// The slot where an owner waiting on this throttle leaves its waker.
-    pub(crate) fn owner_slot(&self) -> &WakeSlot {
-        &self.inner.owner
-    }
-
-    /// Gives up the deferral whose owner installed `word`: clears "pending" only if the word is
-    /// still exactly that one (flushed or not). If it was stamped, cancelled or taken over,
-    /// this changes nothing.
-    pub(crate) fn release(&self, word: u64) {
-        if sync::is_mutant(sync::mutant!(NoRelease)) {
-            return;
-        }
-        if sync::is_mutant(sync::mutant!(BlindRelease)) {
-            self.inner
-                .state
-                .fetch_and(!state::PENDING, Ordering::AcqRel);
-            return;
-        }
-        for current in [word, word | state::FLUSH] {
-            // AcqRel: Release publishes what the owner did before giving up to the next caller
-            // (pairs with the Acquire loads in `admit`); Acquire orders it after the claim it
-            // undoes. Failure Relaxed: the other form of the word is tried, or nothing is done.
-            if self
-                .inner
-                .state
-                .compare_exchange(
-                    current,
-                    state::released(word),
-                    sync::ordering(Ordering::AcqRel),
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                self.count(|stats| &stats.releases);
-                return;
-            }
+        match self.word().decide_and_install(word, lost) {
+            Answer::Now => Admission::Now,
+            Answer::Claimed(word) => Admission::Deferred(Deferral::new(handle, word)),
+            Answer::Coalesced => Admission::Coalesced,
+            Answer::Suppressed { until } => Admission::Suppressed { until },
         }
     }
 }
@@ -1244,7 +930,7 @@ impl<C: Clock> fmt::Debug for Throttle<C> {
         let word = self.load(Ordering::Relaxed);
         f.debug_struct("Throttle")
             .field("threshold", &self.threshold())
-            .field("mode", &self.inner.mode)
+            .field("mode", &self.inner.core.mode)
             .field("lease", &self.lease())
             .field("pending", &state::is_pending(word))
             .field("flushed", &state::is_flushed(word))
