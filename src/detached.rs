@@ -897,35 +897,34 @@ where
         let slot = self.throttle.word().owner;
         let mut stopping = stopping;
         loop {
-            let due =
-                wait::block_on_deadline(self.throttle.clock(), Some(slot), Some(MAX_SLICE), || {
-                    if stopping.is_none() && self.stopping.load(Ordering::Acquire) {
-                        // Acquire: as in `serve_until_stopped`.
-                        stopping = Some(Stopwatch::start());
-                    }
-                    if let Some(since) = stopping {
-                        match self.shutdown {
-                            Shutdown::CancelPending => return Look::Done(Some(Err(()))),
-                            Shutdown::RunPending if since.has_elapsed(self.grace) => {
-                                self.throttle.flush();
-                            }
-                            Shutdown::RunPending => {}
+            let due = wait::block_on_deadline(self.throttle.clock(), slot, Some(MAX_SLICE), || {
+                if stopping.is_none() && self.stopping.load(Ordering::Acquire) {
+                    // Acquire: as in `serve_until_stopped`.
+                    stopping = Some(Stopwatch::start());
+                }
+                if let Some(since) = stopping {
+                    match self.shutdown {
+                        Shutdown::CancelPending => return Look::Done(Some(Err(()))),
+                        Shutdown::RunPending if since.has_elapsed(self.grace) => {
+                            self.throttle.flush();
                         }
+                        Shutdown::RunPending => {}
                     }
-                    match self.throttle.word().look(word) {
-                        Look::Done(Ok(())) => Look::Done(Some(Ok(()))),
-                        Look::Done(Err(_)) => Look::Done(None),
-                        Look::Until(deadline) => match stopping {
-                            // Look again when the grace runs out, whatever the clock does.
-                            Some(since) => {
-                                let left = since.left_of(self.grace).as_nanos() as u64;
-                                let now = self.throttle.clock().now_nanos();
-                                Look::Until(deadline.min(now.saturating_add(left)))
-                            }
-                            None => Look::Until(deadline),
-                        },
-                    }
-                });
+                }
+                match self.throttle.word().look(word) {
+                    Look::Done(Ok(())) => Look::Done(Some(Ok(()))),
+                    Look::Done(Err(_)) => Look::Done(None),
+                    Look::Until(deadline) => match stopping {
+                        // Look again when the grace runs out, whatever the clock does.
+                        Some(since) => {
+                            let left = since.left_of(self.grace).as_nanos() as u64;
+                            let now = self.throttle.clock().now_nanos();
+                            Look::Until(deadline.min(now.saturating_add(left)))
+                        }
+                        None => Look::Until(deadline),
+                    },
+                }
+            });
             match due {
                 None => return None,
                 Some(Err(())) => return Some(Err(())),

@@ -893,7 +893,7 @@ impl<C: Clock> Throttle<C> {
         Word {
             state: &self.inner.state,
             core: &self.inner.core,
-            owner: &self.inner.owner,
+            owner: Some(&self.inner.owner),
         }
     }
 

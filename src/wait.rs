@@ -178,7 +178,7 @@ pub(crate) fn block_on_deadline<C: Clock, T>(
 /// waits, and on the task's waker otherwise.
 pub(crate) async fn wait_on_deadline<C, T, S, F>(
     clock: &C,
-    slot: &WakeSlot,
+    slot: Option<&WakeSlot>,
     mut sleep: S,
     mut look: impl FnMut() -> Look<T>,
 ) -> T
@@ -188,17 +188,21 @@ where
     F: Future<Output = ()>,
 {
     let waker = core::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-    let mut registration = Registration::new(clock, Some(slot), waker);
+    let mut registration = Registration::new(clock, slot, waker);
     loop {
         // Look, and decide how to wait, in one poll: the waker registered is this poll's.
         let step = core::future::poll_fn(|cx| {
             if !registration.waker.will_wake(cx.waker()) {
                 // Polled with another waker: the slot takes the new one; the clock updates
                 // the waiter's waker on the next `wait_for`.
-                slot.unregister(&registration.waker);
+                if let Some(slot) = slot {
+                    slot.unregister(&registration.waker);
+                }
                 registration.waker = cx.waker().clone();
             }
-            slot.register(cx.waker());
+            if let Some(slot) = slot {
+                slot.register(cx.waker());
+            }
             let deadline = match look() {
                 Look::Done(result) => return Poll::Ready(Err(result)),
                 Look::Until(deadline) => deadline,
@@ -231,7 +235,9 @@ where
             if !core::mem::replace(&mut first, false) {
                 return Poll::Ready(());
             }
-            slot.register(cx.waker());
+            if let Some(slot) = slot {
+                slot.register(cx.waker());
+            }
             timer.as_mut().poll(cx)
         });
         woken.await;

@@ -149,11 +149,12 @@ impl<C: Clock> Core<C> {
 }
 
 /// One state word, seen through the core that rules it, with the slot where its waiting owner
-/// leaves its waker.
+/// leaves its waker (a word without one wakes its owner only when the owner's own wait ends:
+/// at its deadline, or when its clock moves).
 pub(crate) struct Word<'a, C> {
     pub(crate) state: &'a AtomicU64,
     pub(crate) core: &'a Core<C>,
-    pub(crate) owner: &'a WakeSlot,
+    pub(crate) owner: Option<&'a WakeSlot>,
 }
 
 impl<C> Clone for Word<'_, C> {
@@ -332,7 +333,7 @@ impl<C: Clock> Word<'_, C> {
     /// last thing before the caller starts the work.
     pub(crate) fn stamp_when_due(&self, word: u64) -> Result<u64, Revoked> {
         loop {
-            wait::block_on_deadline(&self.core.clock, Some(self.owner), None, || self.look(word))?;
+            wait::block_on_deadline(&self.core.clock, self.owner, None, || self.look(word))?;
             // Due a moment ago; a clock that stepped back since makes this wait again.
             if let Look::Done(stamped) = self.try_stamp(word) {
                 return stamped;
@@ -430,7 +431,9 @@ impl<C: Clock> Word<'_, C> {
                 Err(seen) => word = seen,
             }
         }
-        self.owner.wake();
+        if let Some(owner) = self.owner {
+            owner.wake();
+        }
         true
     }
 }
