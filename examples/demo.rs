@@ -57,7 +57,7 @@ impl<F: Fn() + Sync> Publisher for Throttled<F, StampClock> {
             Outcome::Now(()) => Answer::Now,
             Outcome::Deferred(()) => Answer::Deferred,
             Outcome::Coalesced => Answer::Coalesced,
-            Outcome::Suppressed | Outcome::Revoked(_) => {
+            Outcome::Covered(_) | Outcome::Suppressed | Outcome::Revoked(_) => {
                 unreachable!("the demo's throttle trails, and nobody cancels")
             }
         }

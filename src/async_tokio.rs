@@ -1,11 +1,12 @@
 //! tokio support (feature `tokio`): awaiting a deferral on tokio's timer, a clock that follows
-//! tokio's (pausable) time, and async calls through `Throttled` and `AsyncThrottled`.
+//! tokio's (pausable) time, async calls through `Throttled`, and tokio as the runtime of
+//! `AsyncThrottled`.
 
-use crate::clock::{nanos_saturating, Clock, DefaultClock};
+use crate::async_throttled::{AsyncThrottled, Job, Runtime, Task};
+use crate::clock::{nanos_saturating, Clock};
 use crate::deferral::{Deferral, Revoked};
 use crate::throttle::{Admission, Throttle, ThrottleRef};
 use crate::throttled::{Outcome, Throttled};
-use core::fmt;
 use core::future::Future;
 use core::time::Duration;
 
@@ -157,51 +158,124 @@ impl<F, C: Clock> Throttled<F, C> {
     }
 }
 
-/// [`Throttled`] for async work: `F: Fn() -> impl Future`, with the deferred call awaiting its
-/// deadline on tokio's timer.
+/// The tokio [`Runtime`] for [`AsyncThrottled`]: tokio's timer, a task for the rest of the
+/// wait of a cancelled caller's deferred run, and the blocking pool for its work.
+///
+/// It hands a run on through the runtime current where the caller is dropped, or else the one
+/// current when it was made; with neither (a caller dropped outside any runtime, on a handle
+/// made outside one), the deferral is given up.
 ///
 /// # Examples
 ///
 /// ```
-/// use atomic_throttle::{AsyncThrottled, Outcome};
-/// use std::time::Duration;
-///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let publish = AsyncThrottled::new(Duration::from_millis(1), || async { "published" });
-/// assert_eq!(publish.call().await, Outcome::Now("published"));
-/// assert_eq!(publish.call().await, Outcome::Deferred("published"));
+/// use atomic_throttle::{AsyncThrottled, Outcome, Throttle, TokioRuntime};
+/// use std::time::Duration;
+///
+/// let job = AsyncThrottled::with_runtime(
+///     Throttle::new(Duration::from_millis(5)),
+///     TokioRuntime::new(),
+///     async || "done",
+/// );
+/// assert_eq!(job.call().await, Outcome::Now("done"));
 /// # }
 /// ```
-pub struct AsyncThrottled<F, C: Clock = DefaultClock> {
-    throttle: Throttle<C>,
-    work: F,
+#[derive(Debug, Clone, Default)]
+pub struct TokioRuntime {
+    handle: Option<tokio::runtime::Handle>,
 }
 
-impl<F> AsyncThrottled<F> {
-    /// Wraps `work` in a throttle on the process's [`DefaultClock`].
+impl TokioRuntime {
+    /// The tokio runtime, remembering the one current now (if any).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let runtime = atomic_throttle::TokioRuntime::new(); // outside a runtime: found later
+    /// # let _ = runtime;
+    /// ```
+    pub fn new() -> Self {
+        Self {
+            handle: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.handle.clone())
+    }
+}
+
+impl Runtime for TokioRuntime {
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(duration)
+    }
+
+    fn spawn(&self, task: Task) -> Result<(), Task> {
+        match self.handle() {
+            Some(handle) => {
+                drop(handle.spawn(task));
+                Ok(())
+            }
+            None => Err(task),
+        }
+    }
+
+    fn spawn_blocking(&self, job: Job) {
+        match self.handle() {
+            Some(handle) => drop(handle.spawn_blocking(job)),
+            // Only called from a task on a runtime.
+            None => unreachable!("spawn_blocking is only called from a tokio task"),
+        }
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        match self.handle() {
+            Some(handle) => handle.block_on(future),
+            // `spawn_blocking` only runs jobs on tokio's blocking pool, inside a runtime.
+            None => unreachable!("block_on is only called on tokio's blocking pool"),
+        }
+    }
+}
+
+impl<F, R> AsyncThrottled<F, TokioRuntime>
+where
+    F: AsyncFn() -> R + Send + Sync + 'static,
+    R: Send + 'static,
+{
+    /// Wraps `work` in a throttle on the process's [`DefaultClock`], on tokio.
     ///
     /// # Panics
     ///
-    /// If `threshold` exceeds [`Throttle::MAX_THRESHOLD`].
+    /// If `threshold` exceeds [`Throttle::MAX_THRESHOLD`]; [`Throttle::try_new`] with
+    /// [`from_throttle`](AsyncThrottled::from_throttle) returns the error instead.
     ///
     /// # Examples
     ///
     /// ```
     /// # use atomic_throttle::AsyncThrottled;
     /// # use std::time::Duration;
-    /// let sync = AsyncThrottled::new(Duration::from_secs(1), || async {});
+    /// let sync = AsyncThrottled::new(Duration::from_secs(1), async || {});
     /// # let _ = sync;
     /// ```
     pub fn new(threshold: Duration, work: F) -> Self {
-        Self::from_throttle(Throttle::new(threshold), work)
+        match Throttle::try_new(threshold) {
+            Ok(throttle) => Self::with_runtime(throttle, TokioRuntime::new(), work),
+            Err(err) => panic!("AsyncThrottled::new: {err}"),
+        }
     }
 }
 
-impl<F, C: Clock> AsyncThrottled<F, C> {
-    /// Wraps `work` in an existing throttle: for a fallible threshold
-    /// ([`Throttle::try_new`]) or another clock ([`Throttle::with_clock`], such as
-    /// [`TokioClock`] on tokio's paused test clock).
+impl<F, R, C> AsyncThrottled<F, TokioRuntime, C>
+where
+    F: AsyncFn() -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    C: Clock + Send + Sync + 'static,
+{
+    /// Wraps `work` in `throttle` (for a fallible threshold, another clock such as
+    /// [`TokioClock`] on tokio's paused test clock, a mode, a lease or counters), on tokio.
     ///
     /// # Examples
     ///
@@ -211,77 +285,12 @@ impl<F, C: Clock> AsyncThrottled<F, C> {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), atomic_throttle::ThresholdError> {
     /// let throttle = Throttle::with_clock(Duration::from_secs(1), TokioClock::new())?;
-    /// let job = AsyncThrottled::from_throttle(throttle, || async {});
-    /// assert!(!job.throttle().is_pending());
+    /// let job = AsyncThrottled::from_throttle(throttle, async || {});
+    /// assert!(!job.is_pending());
     /// # Ok(())
     /// # }
     /// ```
     pub fn from_throttle(throttle: Throttle<C>, work: F) -> Self {
-        Self { throttle, work }
-    }
-
-    /// The throttle that decides the calls.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::AsyncThrottled;
-    /// # use std::time::Duration;
-    /// let job = AsyncThrottled::new(Duration::from_secs(2), || async {});
-    /// assert_eq!(job.throttle().threshold(), Duration::from_secs(2));
-    /// ```
-    pub fn throttle(&self) -> &Throttle<C> {
-        &self.throttle
-    }
-
-    /// Calls the work through the throttle: at once, after awaiting the end of the window, or
-    /// not at all when a pending deferred call covers this one.
-    ///
-    /// As with [`Throttled::call`], a Coalesced call's earlier writes are not guaranteed to be
-    /// visible to the run that covers it.
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropping the future never runs the work twice and never strands the deferral:
-    ///
-    /// - while it awaits the deadline, the deferral is given up and the work does not start;
-    ///   the next call claims the deferral and runs at the deadline;
-    /// - while it awaits the work's own future, the run has already been stamped, so the
-    ///   window moves on as if the work had finished; the work's future is dropped mid-way,
-    ///   with whatever that means for the work.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use atomic_throttle::{AsyncThrottled, Outcome};
-    /// # use std::time::Duration;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let job = AsyncThrottled::new(Duration::from_secs(60), || async { 1 + 1 });
-    /// assert_eq!(job.call().await, Outcome::Now(2));
-    /// # }
-    /// ```
-    pub async fn call<Fut>(&self) -> Outcome<Fut::Output>
-    where
-        F: Fn() -> Fut,
-        Fut: Future,
-    {
-        match self.throttle.admit() {
-            Admission::Now => Outcome::Now((self.work)().await),
-            Admission::Deferred(deferral) => match deferral.wait_async().await {
-                Ok(()) => Outcome::Deferred((self.work)().await),
-                Err(revoked) => Outcome::Revoked(revoked),
-            },
-            Admission::Coalesced => Outcome::Coalesced,
-            Admission::Suppressed { .. } => Outcome::Suppressed,
-        }
-    }
-}
-
-impl<F, C: Clock> fmt::Debug for AsyncThrottled<F, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AsyncThrottled")
-            .field("throttle", &self.throttle)
-            .finish_non_exhaustive()
+        Self::with_runtime(throttle, TokioRuntime::new(), work)
     }
 }

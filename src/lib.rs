@@ -88,10 +88,12 @@
     unreachable_pub
 )]
 
+mod async_throttled;
 #[cfg(feature = "tokio")]
 mod async_tokio;
 mod clock;
 mod counters;
+mod covered;
 mod deferral;
 mod detached;
 mod error;
@@ -103,8 +105,9 @@ mod throttled;
 mod wait;
 mod word;
 
+pub use crate::async_throttled::{AsyncThrottled, Job, OnCancel, Runtime, Task};
 #[cfg(feature = "tokio")]
-pub use crate::async_tokio::{AsyncThrottled, TokioClock};
+pub use crate::async_tokio::{TokioClock, TokioRuntime};
 pub use crate::clock::{Clock, ClockSource, CoarseClock, DefaultClock, ManualClock, Wait, Waiter};
 pub use crate::counters::Stats;
 pub use crate::deferral::{Deferral, NotRun, OwnedDeferral, Revoked};

@@ -903,6 +903,30 @@ impl<C: Clock> Throttle<C> {
         &self.inner.core
     }
 
+    /// Admits a call (publishing or not), and says which word the decision saw: for a
+    /// Coalesced answer, the pending word whose run covers the call.
+    pub(crate) fn admit_seen(&self, publishing: bool) -> (Admission<&Self>, u64) {
+        let word = if publishing {
+            // AcqRel: as in `admit_publishing_as`.
+            self.inner
+                .state
+                .fetch_or(0, sync::ordering(Ordering::AcqRel))
+        } else {
+            // Acquire: as in `admit`.
+            self.load(Ordering::Acquire)
+        };
+        if self.inner.core.coalesces(word) {
+            self.inner.core.skipped();
+            return (Admission::Coalesced, word);
+        }
+        match self.word().decide_and_install(word, &mut 0) {
+            Answer::Coalesced(seen) => (Admission::Coalesced, seen),
+            Answer::Now => (Admission::Now, word),
+            Answer::Claimed(claim) => (Admission::Deferred(Deferral::new(self, claim)), word),
+            Answer::Suppressed { until } => (Admission::Suppressed { until }, word),
+        }
+    }
+
     /// Decides an admission that saw `word`, and wraps the answer for `handle`.
     #[inline]
     fn decide<T: ThrottleRef<Clock = C>>(
@@ -918,7 +942,7 @@ impl<C: Clock> Throttle<C> {
         match self.word().decide_and_install(word, lost) {
             Answer::Now => Admission::Now,
             Answer::Claimed(word) => Admission::Deferred(Deferral::new(handle, word)),
-            Answer::Coalesced => Admission::Coalesced,
+            Answer::Coalesced(_) => Admission::Coalesced,
             Answer::Suppressed { until } => Admission::Suppressed { until },
         }
     }

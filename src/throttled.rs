@@ -49,6 +49,9 @@ pub enum Outcome<R> {
     Deferred(R),
     /// Another call's deferred run covers this one; the work did not run here.
     Coalesced,
+    /// Another call's run covered this one, and this caller waited for it to finish
+    /// (`call_covered`): here is a copy of its result.
+    Covered(R),
     /// [Leading-only](crate::Mode::LeadingOnly): inside the window; no run covers this call.
     Suppressed,
     /// This call owned the deferred run, but it was cancelled or taken over before it ran.
@@ -63,10 +66,32 @@ impl<R> Outcome<R> {
     /// ```
     /// # use atomic_throttle::Outcome;
     /// assert_eq!(Outcome::Deferred("x").ran(), Some("x"));
+    /// assert_eq!(Outcome::Covered("x").ran(), None);
     /// ```
     pub fn ran(self) -> Option<R> {
         match self {
             Outcome::Now(result) | Outcome::Deferred(result) => Some(result),
+            Outcome::Covered(_)
+            | Outcome::Coalesced
+            | Outcome::Suppressed
+            | Outcome::Revoked(_) => None,
+        }
+    }
+    /// The result of the run that served this call: its own (`Now`, `Deferred`), or the
+    /// covering run's it waited for (`Covered`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Outcome;
+    /// assert_eq!(Outcome::Covered(3).value(), Some(3));
+    /// assert_eq!(Outcome::<u8>::Coalesced.value(), None);
+    /// ```
+    pub fn value(self) -> Option<R> {
+        match self {
+            Outcome::Now(result) | Outcome::Deferred(result) | Outcome::Covered(result) => {
+                Some(result)
+            }
             Outcome::Coalesced | Outcome::Suppressed | Outcome::Revoked(_) => None,
         }
     }

@@ -36,8 +36,8 @@ pub(crate) enum Answer {
     Now,
     /// The caller owns the deferral whose claim installed this word.
     Claimed(u64),
-    /// A deferral is pending and covers the call.
-    Coalesced,
+    /// A deferral is pending and covers the call: the word that says so.
+    Coalesced(u64),
     /// Leading-only, inside the window that ends `until`.
     Suppressed { until: u64 },
 }
@@ -186,7 +186,7 @@ impl<C: Clock> Word<'_, C> {
             let next = match state::decide(word, now, &rules) {
                 Decision::Coalesced => {
                     core.skipped();
-                    return Answer::Coalesced;
+                    return Answer::Coalesced(word);
                 }
                 Decision::Suppressed => {
                     core.skipped();

@@ -1,9 +1,16 @@
-//! Cancel-safety on tokio's paused clock: cancellation by `timeout`, `select!` and
-//! `JoinHandle::abort`, at each await point. After each, the next call claims the deferral and
-//! runs at the right deadline, and runs stay a threshold apart (G1).
+//! tokio: cancel safety on the paused clock (by `timeout`, `select!` and `JoinHandle::abort`,
+//! at each await point), coverage that survives a cancelled owner, coalesced callers waiting
+//! for their covering run, async closures, modes, and the manual clock. After each, runs stay a
+//! threshold apart (G1) and nothing is stranded (G2).
 #![cfg(feature = "tokio")]
 
-use atomic_throttle::{Admission, AsyncThrottled, Outcome, Throttle, Throttled, TokioClock};
+#[path = "support/stamp_clock.rs"]
+mod stamp_clock;
+
+use atomic_throttle::{
+    Admission, AsyncThrottled, ManualClock, Mode, OnCancel, Outcome, Revoked, Throttle, Throttled,
+    TokioClock,
+};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +28,9 @@ impl Runs {
     }
     fn count(&self) -> usize {
         self.0.lock().unwrap().len()
+    }
+    fn at(&self, index: usize) -> Instant {
+        self.0.lock().unwrap()[index]
     }
     fn assert_spaced(&self) {
         let runs = self.0.lock().unwrap();
@@ -112,25 +122,27 @@ async fn aborting_the_owning_task_releases_the_deferral() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn cancelling_during_the_async_work_never_runs_it_twice() {
+async fn giving_up_while_awaiting_the_deadline_or_inside_the_work_never_runs_it_twice() {
     let runs = Runs::default();
     let finished = Arc::new(AtomicU32::new(0));
     let throttle = Throttle::with_clock(T, TokioClock::new()).unwrap();
-    let job = AsyncThrottled::from_throttle(throttle, || {
+    let job = AsyncThrottled::from_throttle(throttle, {
         let (runs, finished) = (runs.clone(), finished.clone());
-        async move {
+        async move || {
             runs.record();
             sleep(T / 2).await; // the work's own await point
             finished.fetch_add(1, Relaxed);
         }
-    });
+    })
+    .on_cancel(OnCancel::GiveUp);
     // t = 0: the leading run, which finishes at T/2.
     assert_eq!(job.call().await, Outcome::Now(()));
 
-    // t = T/2: Deferred, cancelled at 3T/4 while awaiting the deadline: the work never starts.
+    // t = T/2: Deferred, cancelled at 3T/4 while awaiting the deadline: given up, the work
+    // never starts.
     assert!(timeout(T / 4, job.call()).await.is_err());
     assert_eq!(runs.count(), 1);
-    assert!(!job.throttle().is_pending());
+    assert!(!job.is_pending());
 
     // t = 3T/4: Deferred again, runs at T, cancelled at 5T/4 inside the work (which would
     // finish at 3T/2): it started once and did not finish. The run was stamped before the
@@ -138,7 +150,7 @@ async fn cancelling_during_the_async_work_never_runs_it_twice() {
     assert!(timeout(T / 2, job.call()).await.is_err());
     assert_eq!(runs.count(), 2);
     assert_eq!(finished.load(Relaxed), 1);
-    assert!(!job.throttle().is_pending());
+    assert!(!job.is_pending());
 
     // t = 5T/4: inside the window of that stamp, so Deferred; it runs once, in full, a whole
     // threshold after the cancelled run.
@@ -146,6 +158,282 @@ async fn cancelling_during_the_async_work_never_runs_it_twice() {
     assert_eq!(runs.count(), 3);
     assert_eq!(finished.load(Relaxed), 2);
     runs.assert_spaced();
+}
+
+/// The cache-refresh scenario: after a leading refresh, the owner of the trailing refresh
+/// times out and a caller is coalesced behind it. The refresh still happens at the deadline.
+/// Before the fix, the owner's timeout gave the trailing run up, and nothing refreshed.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_owner_still_refreshes_at_the_deadline_on_the_paused_clock() {
+    let runs = Runs::default();
+    let throttle = Throttle::with_clock(T, TokioClock::new()).unwrap();
+    let refresh = Arc::new(AsyncThrottled::from_throttle(throttle, {
+        let runs = runs.clone();
+        async move || runs.record()
+    }));
+    let start = Instant::now();
+    assert_eq!(refresh.call().await, Outcome::Now(()));
+    sleep(T / 4).await;
+    // The owner of the trailing refresh gives up waiting.
+    assert!(timeout(T / 4, refresh.call()).await.is_err());
+    assert_eq!(refresh.call().await, Outcome::Coalesced);
+    // The coalesced caller is covered: the refresh comes at the deadline all the same.
+    let deadline = start + T;
+    while runs.count() < 2 {
+        assert!(
+            Instant::now() < deadline + T * 3,
+            "no refresh came after the owner was cancelled"
+        );
+        sleep(Duration::from_millis(1)).await;
+    }
+    assert!(
+        runs.at(1) >= deadline && runs.at(1) <= deadline + Duration::from_millis(2),
+        "the handed-off refresh ran {:?} after the leading one",
+        runs.at(1) - runs.at(0)
+    );
+    assert!(!refresh.is_pending());
+    runs.assert_spaced();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_owner_still_refreshes_at_the_deadline_on_the_real_clock() {
+    const T: Duration = Duration::from_millis(40);
+    let clock = atomic_throttle::DefaultClock::new();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let refresh = Arc::new(AsyncThrottled::new(T, {
+        let starts = starts.clone();
+        async move || {
+            starts
+                .lock()
+                .unwrap()
+                .push(atomic_throttle::Clock::now_nanos(&clock))
+        }
+    }));
+    assert_eq!(refresh.call().await, Outcome::Now(()));
+    assert!(timeout(T / 4, refresh.call()).await.is_err());
+    assert_eq!(refresh.call().await, Outcome::Coalesced);
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while starts.lock().unwrap().len() < 2 {
+        assert!(
+            std::time::Instant::now() < patience,
+            "after 30 s, still no refresh after the owner was cancelled"
+        );
+        sleep(Duration::from_millis(1)).await;
+    }
+    let starts = starts.lock().unwrap().clone();
+    assert!(
+        starts[1] - starts[0] >= T.as_nanos() as u64,
+        "G1: {} ns",
+        starts[1] - starts[0]
+    );
+    assert!(!refresh.is_pending());
+}
+
+#[tokio::test(start_paused = true)]
+async fn coalesced_callers_can_wait_for_the_covering_run_and_get_its_result() {
+    let refreshes = Arc::new(AtomicU32::new(0));
+    let throttle = Throttle::with_clock(T, TokioClock::new()).unwrap();
+    let refresh = Arc::new(AsyncThrottled::from_throttle(throttle, {
+        let refreshes = refreshes.clone();
+        async move || refreshes.fetch_add(1, Relaxed) + 1
+    }));
+    let start = Instant::now();
+    assert_eq!(refresh.call_covered().await, Outcome::Now(1));
+    let owner = tokio::spawn({
+        let refresh = refresh.clone();
+        async move { refresh.call_covered().await }
+    });
+    while !refresh.is_pending() {
+        tokio::task::yield_now().await;
+    }
+    // Three callers coalesced behind it wait, and all get the trailing run's result.
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let refresh = refresh.clone();
+            tokio::spawn(async move { (refresh.call_covered().await, Instant::now()) })
+        })
+        .collect();
+    for waiter in waiters {
+        let (outcome, at) = waiter.await.unwrap();
+        assert_eq!(outcome, Outcome::Covered(2));
+        assert!(at >= start + T, "woken before the covering run");
+    }
+    assert_eq!(owner.await.unwrap(), Outcome::Deferred(2));
+    // A caller that does not wait is Coalesced and returns at once, as before.
+    assert_eq!(refreshes.load(Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_callers_are_told_when_their_run_is_cancelled() {
+    let throttle = Throttle::with_clock(T, TokioClock::new()).unwrap();
+    let job = Arc::new(AsyncThrottled::from_throttle(throttle, async || 7));
+    assert_eq!(job.call().await, Outcome::Now(7));
+    let owner = tokio::spawn({
+        let job = job.clone();
+        async move { job.call().await }
+    });
+    while !job.is_pending() {
+        tokio::task::yield_now().await;
+    }
+    let waiter = tokio::spawn({
+        let job = job.clone();
+        async move { job.call_covered().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(job.cancel());
+    assert_eq!(owner.await.unwrap(), Outcome::Revoked(Revoked::Cancelled));
+    assert_eq!(waiter.await.unwrap(), Outcome::Revoked(Revoked::Cancelled));
+    assert!(!job.is_pending());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_callers_on_the_real_clock_get_the_covering_result() {
+    const T: Duration = Duration::from_millis(20);
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = Arc::new(AsyncThrottled::new(T, {
+        let runs = runs.clone();
+        async move || runs.fetch_add(1, Relaxed) + 1
+    }));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let job = job.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                let end = std::time::Instant::now() + Duration::from_millis(300);
+                while std::time::Instant::now() < end {
+                    let outcome = job.call_covered().await;
+                    results.push(outcome.clone().value().expect("every wait is served"));
+                    tokio::task::yield_now().await;
+                }
+                results
+            })
+        })
+        .collect();
+    for task in tasks {
+        let results = task.await.unwrap();
+        assert!(
+            results.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{results:?}"
+        );
+    }
+    assert!(runs.load(Relaxed) > 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn async_closures_may_borrow_what_they_capture() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let name = String::from("refresh");
+    let job = AsyncThrottled::new(T, {
+        let log = log.clone();
+        // Borrows `name` and `log` from the closure: an `AsyncFn`, not a `Fn` returning a
+        // future.
+        async move || {
+            sleep(Duration::from_millis(1)).await;
+            log.lock().unwrap().push(name.len());
+        }
+    });
+    assert_eq!(job.call().await, Outcome::Now(()));
+    assert_eq!(job.call().await, Outcome::Deferred(()));
+    assert_eq!(log.lock().unwrap().as_slice(), [7, 7]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leading_only_and_trailing_only_modes() {
+    let leading = Throttle::builder(T)
+        .clock(TokioClock::new())
+        .mode(Mode::LeadingOnly)
+        .build()
+        .unwrap();
+    let job = AsyncThrottled::from_throttle(leading, async || "ran");
+    assert_eq!(job.call().await, Outcome::Now("ran"));
+    assert_eq!(job.call().await, Outcome::Suppressed);
+    assert_eq!(job.call_covered().await, Outcome::Suppressed);
+    sleep(T).await;
+    assert_eq!(job.call().await, Outcome::Now("ran"));
+
+    let trailing = Throttle::builder(T)
+        .clock(TokioClock::new())
+        .mode(Mode::TrailingOnly)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let job = Arc::new(AsyncThrottled::from_throttle(trailing, async || {
+        Instant::now()
+    }));
+    let owner = tokio::spawn({
+        let job = job.clone();
+        async move { job.call().await }
+    });
+    while !job.is_pending() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(job.call().await, Outcome::Coalesced);
+    let Outcome::Deferred(ran_at) = owner.await.unwrap() else {
+        panic!("trailing only: the first call is Deferred")
+    };
+    assert!(ran_at >= start + T);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publishing_wrapper_runs_as_usual() {
+    let job = AsyncThrottled::new(T, async || 1).publishing(true);
+    assert_eq!(job.call().await, Outcome::Now(1));
+    assert_eq!(job.call().await, Outcome::Deferred(1));
+    assert!(format!("{job:?}").contains("publishing: true"));
+}
+
+#[test]
+fn a_handle_dropped_outside_any_runtime_gives_its_deferral_up() {
+    // The owner's future is polled once (it claims the deferral and waits), then dropped with
+    // no runtime at hand: nowhere to hand it on, so it is given up rather than stranded.
+    let job = AsyncThrottled::new(Duration::from_secs(60), async || ());
+    let mut first = Box::pin(job.call());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(std::future::Future::poll(first.as_mut(), &mut cx).is_ready());
+    drop(first);
+    let mut owner = Box::pin(job.call());
+    // Polling the deferred call needs tokio's timer: give it a runtime to poll in, then
+    // drop the future outside of it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let waited = timeout(Duration::from_millis(5), owner.as_mut()).await;
+        assert!(waited.is_err());
+    });
+    drop(runtime);
+    assert!(job.is_pending());
+    drop(owner);
+    assert!(!job.is_pending(), "G2: the deferral was stranded");
+}
+
+#[tokio::test]
+async fn waits_on_a_manual_clock_advance_it_instead_of_sleeping() {
+    // A test clock that moves for its waiters: no tokio timer, no real time.
+    let clock = ManualClock::new();
+    let throttle = Throttle::with_clock(T, clock.clone()).unwrap();
+    let job = AsyncThrottled::from_throttle(throttle, {
+        let clock = clock.clone();
+        async move || clock.now()
+    });
+    let started = std::time::Instant::now();
+    assert_eq!(job.call().await, Outcome::Now(Duration::ZERO));
+    assert_eq!(job.call().await, Outcome::Deferred(T));
+    let sync = Throttled::with_clock(T, clock.clone(), || clock.now()).unwrap();
+    assert_eq!(sync.call_async().await, Outcome::Now(T));
+    assert_eq!(sync.call_async().await, Outcome::Deferred(T * 2));
+    let raw = Throttle::with_clock(T, clock.clone()).unwrap();
+    assert!(raw.admit().is_now());
+    let Admission::Deferred(deferral) = raw.admit() else {
+        panic!("expected Deferred")
+    };
+    deferral.wait_async().await.unwrap();
+    assert_eq!(clock.now(), T * 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited in real time"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -167,31 +455,32 @@ async fn deferrals_wait_on_the_paused_clock() {
     assert!(!throttle.is_pending());
 }
 
-#[path = "support/stamp_clock.rs"]
-mod stamp_clock;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_tasks_on_the_real_clock_keep_runs_apart() {
-    use stamp_clock::{last_reading, StampClock};
-    const T: Duration = Duration::from_millis(2);
-    let stamps = Arc::new(Mutex::new(Vec::new()));
-    let clock = StampClock(atomic_throttle::DefaultClock::new());
-    let throttle = Throttle::with_clock(T, clock).unwrap();
-    // The work reads the stamp before its first await: the stamping reading, on this thread.
-    let job = Arc::new(AsyncThrottled::from_throttle(throttle, {
-        let stamps = stamps.clone();
-        move || {
-            stamps.lock().unwrap().push(last_reading());
-            std::future::ready(())
+    use std::collections::BTreeSet;
+    use std::sync::OnceLock;
+    const T: Duration = Duration::from_millis(5);
+    type Job = AsyncThrottled<fn() -> std::future::Ready<()>, atomic_throttle::TokioRuntime>;
+    static JOB: OnceLock<Arc<Job>> = OnceLock::new();
+    static STAMPS: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+    /// The work reads its run's stamp: the next run is stamped at least T later, long after
+    /// this read unless the work starts a whole threshold late.
+    fn record_stamp() -> std::future::Ready<()> {
+        if let Some(stamp) = JOB.get().and_then(|job| job.last_run()) {
+            STAMPS.lock().unwrap().insert(stamp);
         }
-    }));
+        std::future::ready(())
+    }
+    let job = JOB
+        .get_or_init(|| Arc::new(AsyncThrottled::new(T, record_stamp as fn() -> _)))
+        .clone();
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let job = job.clone();
             tokio::spawn(async move {
-                let deadline = std::time::Instant::now() + Duration::from_millis(200);
+                let deadline = std::time::Instant::now() + Duration::from_millis(300);
                 while std::time::Instant::now() < deadline {
-                    // Every fourth task gives up its waits half-way.
+                    // Every fourth task gives up its waits half-way: its runs are handed on.
                     if i % 4 == 0 {
                         let _ = timeout(T / 2, job.call()).await;
                     } else {
@@ -205,16 +494,22 @@ async fn many_tasks_on_the_real_clock_keep_runs_apart() {
     for task in tasks {
         task.await.unwrap();
     }
-    let mut stamps = stamps.lock().unwrap().clone();
-    stamps.sort_unstable();
+    // Handed-on runs finish on the blocking pool: wait for the last of them.
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while job.is_pending() {
+        assert!(
+            std::time::Instant::now() < patience,
+            "G2: after 30 s a deferral is still pending with every caller gone"
+        );
+        sleep(Duration::from_millis(1)).await;
+    }
+    let stamps: Vec<u64> = STAMPS.lock().unwrap().iter().copied().collect();
     assert!(stamps.len() > 20, "only {} runs", stamps.len());
     for pair in stamps.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap >= T.as_nanos() as u64, "G1: runs {gap} ns apart");
+        assert!(
+            gap >= T.as_nanos() as u64,
+            "G1: runs stamped {gap} ns apart"
+        );
     }
-    // Every owner, cancelled or not, is gone: nothing may be pending.
-    assert!(
-        !job.throttle().is_pending(),
-        "G2: a cancelled owner stranded its deferral"
-    );
 }

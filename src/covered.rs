@@ -1,0 +1,138 @@
+//! Waiting for the run that covers a coalesced call: a record of finished runs that coalesced
+//! callers who chose to wait can watch, without adding anything to the path of callers who
+//! do not.
+
+use crate::state;
+use crate::sync::{self, Mutex};
+use core::any::Any;
+use core::task::Waker;
+
+/// Clones a run's result, type-erased: registered by the first waiter, who knows the result
+/// can be cloned.
+pub(crate) type Cloner = fn(&(dyn Any + Send)) -> Box<dyn Any + Send>;
+
+/// The runs that finished, as coalesced waiters need to see them.
+#[derive(Default)]
+pub(crate) struct Completions {
+    inner: Mutex<Record>,
+}
+
+#[derive(Default)]
+struct Record {
+    /// The last finished run: the word its claim installed (none for a leading run), its
+    /// stamp in microseconds, and a copy of its result if a waiter asked for results.
+    last: Option<Finished>,
+    /// Bumped by every finished run and every event that may leave waiters uncovered.
+    version: u64,
+    /// Set by the first caller that waits for results of a cloneable type.
+    cloner: Option<Cloner>,
+    waiters: Vec<(u64, Waker)>,
+}
+
+struct Finished {
+    claim: Option<u64>,
+    stamp: u64,
+    result: Option<Box<dyn Any + Send>>,
+}
+
+/// What a waiter saw when it looked.
+pub(crate) enum Seen<R> {
+    /// A run that covers it finished, with a copy of its result.
+    Covered(Option<R>),
+    /// Nothing covers it any more: its deferral was given up with no run after it.
+    Uncovered,
+    /// Not yet.
+    Waiting,
+}
+
+impl Completions {
+    /// Lets finished runs keep copies of their results for waiters (idempotent).
+    pub(crate) fn keep_results(&self, cloner: Cloner) {
+        sync::lock(&self.inner).cloner.get_or_insert(cloner);
+    }
+
+    /// Records a finished run (the claim it ran, if deferred; its stamp in nanoseconds) and
+    /// wakes every waiter.
+    pub(crate) fn finished(&self, claim: Option<u64>, stamp: u64, result: &(dyn Any + Send)) {
+        let waiters = {
+            let mut record = sync::lock(&self.inner);
+            let result = record.cloner.map(|clone| clone(result));
+            // A later-stamped run may finish first; keep the latest stamp.
+            let stamp = stamp / state::NANOS_PER_STAMP;
+            if record.last.as_ref().is_none_or(|last| last.stamp <= stamp) {
+                record.last = Some(Finished {
+                    claim,
+                    stamp,
+                    result,
+                });
+            }
+            record.version += 1;
+            core::mem::take(&mut record.waiters)
+        };
+        for (_, waker) in waiters {
+            waker.wake();
+        }
+    }
+
+    /// Wakes every waiter to look again: a deferral was given up or cancelled.
+    pub(crate) fn notify(&self) {
+        let waiters = {
+            let mut record = sync::lock(&self.inner);
+            record.version += 1;
+            core::mem::take(&mut record.waiters)
+        };
+        for (_, waker) in waiters {
+            waker.wake();
+        }
+    }
+
+    /// Looks for the run that covers a caller coalesced into the claim `seen` (the pending
+    /// word it saw); `now` is the state word as it is. Registers `waker` (as waiter `id`)
+    /// unless the answer is final.
+    pub(crate) fn look<R: Clone + 'static>(
+        &self,
+        seen: u64,
+        now: u64,
+        id: u64,
+        waker: &Waker,
+    ) -> Seen<R> {
+        let mut record = sync::lock(&self.inner);
+        if let Some(last) = &record.last {
+            // The claim it was coalesced into ran, or a run stamped after it: covered.
+            if last.claim == Some(seen) || last.stamp > state::stamp(seen) {
+                let result = last
+                    .result
+                    .as_ref()
+                    .and_then(|result| result.downcast_ref::<R>())
+                    .cloned();
+                return Seen::Covered(result);
+            }
+        }
+        // Given up with nothing after it: no claim pending, and the window not moved on.
+        if !state::is_pending(now) && state::stamp(now) == state::stamp(seen) {
+            return Seen::Uncovered;
+        }
+        match record.waiters.iter_mut().find(|(known, _)| *known == id) {
+            Some(entry) => entry.1.clone_from(waker),
+            None => record.waiters.push((id, waker.clone())),
+        }
+        Seen::Waiting
+    }
+
+    /// Forgets waiter `id` (its wait ended, or its future was dropped).
+    pub(crate) fn forget(&self, id: u64) {
+        sync::lock(&self.inner)
+            .waiters
+            .retain(|(known, _)| *known != id);
+    }
+}
+
+/// Clones a result of type `R`, seen as `dyn Any`.
+pub(crate) fn clone_as<R: Clone + Send + 'static>(
+    result: &(dyn Any + Send),
+) -> Box<dyn Any + Send> {
+    match result.downcast_ref::<R>() {
+        Some(result) => Box::new(result.clone()),
+        None => Box::new(()),
+    }
+}
