@@ -110,12 +110,13 @@ impl Stopwatch {
     }
 }
 
-/// Deliberately broken variants of the algorithm, compiled only under `cfg(loom)`.
+/// Deliberately broken variants of the algorithm, compiled only under `cfg(loom)` or
+/// `cfg(atomic_throttle_mutants)` (never in a normal build).
 ///
-/// `loom-tests` selects one with the environment variable `ATOMIC_THROTTLE_MUTANT` and asserts
-/// that the models written to catch it fail: the negative controls that show each model checks
-/// what it claims. Without the variable (the normal case) none is active.
-#[cfg(loom)]
+/// `loom-tests` and the chaos test select one with the environment variable
+/// `ATOMIC_THROTTLE_MUTANT` and assert that the checks written to catch it fail: the negative
+/// controls that show each check catches what it claims. Without the variable none is active.
+#[cfg(any(loom, atomic_throttle_mutants))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mutant {
     /// The decision is a load and a plain store instead of a compare-and-swap.
@@ -152,7 +153,7 @@ pub(crate) enum Mutant {
     NoHandOff,
 }
 
-#[cfg(loom)]
+#[cfg(any(loom, atomic_throttle_mutants))]
 const MUTANTS: &[(&str, Mutant)] = &[
     ("load_store", Mutant::LoadStore),
     ("split_stamp", Mutant::SplitStamp),
@@ -172,7 +173,7 @@ const MUTANTS: &[(&str, Mutant)] = &[
     ("no_hand_off", Mutant::NoHandOff),
 ];
 
-#[cfg(loom)]
+#[cfg(any(loom, atomic_throttle_mutants))]
 pub(crate) fn active_mutant() -> Option<Mutant> {
     static MUTANT: std::sync::OnceLock<Option<Mutant>> = std::sync::OnceLock::new();
     *MUTANT.get_or_init(|| {
@@ -190,26 +191,26 @@ pub(crate) fn active_mutant() -> Option<Mutant> {
 /// Whether `which` is the active mutant; always false outside loom.
 #[inline(always)]
 pub(crate) fn is_mutant(#[allow(unused_variables)] which: MutantName) -> bool {
-    #[cfg(loom)]
+    #[cfg(any(loom, atomic_throttle_mutants))]
     {
         active_mutant() == Some(which.0)
     }
-    #[cfg(not(loom))]
+    #[cfg(not(any(loom, atomic_throttle_mutants)))]
     {
         false
     }
 }
 
-/// A mutant's name as the code under test refers to it: a real [`Mutant`] under loom, nothing
-/// otherwise, so that the checks compile away.
+/// A mutant's name as the code under test refers to it: a real [`Mutant`] when mutants are
+/// compiled, nothing otherwise, so that the checks compile away.
 #[derive(Clone, Copy)]
-pub(crate) struct MutantName(#[cfg(loom)] pub(crate) Mutant);
+pub(crate) struct MutantName(#[cfg(any(loom, atomic_throttle_mutants))] pub(crate) Mutant);
 
 /// Names a mutant for [`is_mutant`] in code that also builds without loom.
 macro_rules! mutant {
     ($name:ident) => {
         $crate::sync::MutantName(
-            #[cfg(loom)]
+            #[cfg(any(loom, atomic_throttle_mutants))]
             $crate::sync::Mutant::$name,
         )
     };

@@ -20,7 +20,7 @@ pub(crate) struct Core<C> {
     /// The threshold in nanoseconds; `set_threshold` changes it.
     threshold: AtomicU64,
     /// The threshold the core was built with, for the `stale_threshold` mutant.
-    #[cfg(loom)]
+    #[cfg(any(loom, atomic_throttle_mutants))]
     built_threshold: u64,
     pub(crate) mode: Mode,
     /// The lease in nanoseconds, [`NO_LEASE`] for none.
@@ -54,6 +54,8 @@ impl<C> Core<C> {
     ) -> Self {
         Self {
             threshold: AtomicU64::new(threshold),
+            #[cfg(atomic_throttle_mutants)]
+            built_threshold: threshold,
             mode,
             lease,
             counters,
@@ -61,7 +63,8 @@ impl<C> Core<C> {
         }
     }
 
-    /// A core with `threshold` nanoseconds (already checked against the largest).
+    /// A core with `threshold` nanoseconds (already checked against the largest); not `const`
+    /// under loom, whose atomics are not.
     #[cfg(loom)]
     pub(crate) fn new(
         threshold: u64,
@@ -83,7 +86,7 @@ impl<C> Core<C> {
     /// The threshold in nanoseconds.
     #[inline(always)]
     pub(crate) fn threshold_nanos(&self) -> u64 {
-        #[cfg(loom)]
+        #[cfg(any(loom, atomic_throttle_mutants))]
         if sync::is_mutant(sync::mutant!(StaleThreshold)) {
             return self.built_threshold;
         }

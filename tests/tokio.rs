@@ -4,9 +4,6 @@
 //! threshold apart (G1) and nothing is stranded (G2).
 #![cfg(feature = "tokio")]
 
-#[path = "support/stamp_clock.rs"]
-mod stamp_clock;
-
 use atomic_throttle::{
     Admission, AsyncThrottled, ManualClock, Mode, OnCancel, Outcome, Revoked, Throttle, Throttled,
     TokioClock,
@@ -173,10 +170,17 @@ async fn a_cancelled_owner_still_refreshes_at_the_deadline_on_the_paused_clock()
     }));
     let start = Instant::now();
     assert_eq!(refresh.call().await, Outcome::Now(()));
-    sleep(T / 4).await;
-    // The owner of the trailing refresh gives up waiting.
-    assert!(timeout(T / 4, refresh.call()).await.is_err());
+    // The owner of the trailing refresh waits with a timeout; a caller is coalesced behind it;
+    // then the owner times out.
+    let owner = tokio::spawn({
+        let refresh = refresh.clone();
+        async move { timeout(T / 4, refresh.call()).await }
+    });
+    while !refresh.is_pending() {
+        tokio::task::yield_now().await;
+    }
     assert_eq!(refresh.call().await, Outcome::Coalesced);
+    assert!(owner.await.unwrap().is_err(), "the owner timed out");
     // The coalesced caller is covered: the refresh comes at the deadline all the same.
     let deadline = start + T;
     while runs.count() < 2 {
@@ -210,8 +214,15 @@ async fn a_cancelled_owner_still_refreshes_at_the_deadline_on_the_real_clock() {
         }
     }));
     assert_eq!(refresh.call().await, Outcome::Now(()));
-    assert!(timeout(T / 4, refresh.call()).await.is_err());
+    let owner = tokio::spawn({
+        let refresh = refresh.clone();
+        async move { timeout(T / 4, refresh.call()).await }
+    });
+    while !refresh.is_pending() {
+        tokio::task::yield_now().await;
+    }
     assert_eq!(refresh.call().await, Outcome::Coalesced);
+    assert!(owner.await.unwrap().is_err(), "the owner timed out");
     let patience = std::time::Instant::now() + Duration::from_secs(30);
     while starts.lock().unwrap().len() < 2 {
         assert!(
