@@ -377,16 +377,37 @@ impl Throttle<DefaultClock> {
     /// ```
     #[cfg(not(loom))]
     pub const fn new(threshold: Duration) -> Self {
+        Self::with_mode(threshold, Mode::LeadingAndTrailing)
+    }
+
+    /// A throttle on the process's [`DefaultClock`] in `mode`, with no lease and no counters:
+    /// [`new`](Throttle::new) for another mode, also a `const fn`.
+    ///
+    /// # Panics
+    ///
+    /// If `threshold` exceeds [`Throttle::MAX_THRESHOLD`] (in a `static`, a compile error).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Mode, Throttle};
+    /// use std::time::Duration;
+    ///
+    /// static WARN: Throttle = Throttle::with_mode(Duration::from_secs(1), Mode::LeadingOnly);
+    /// assert!(WARN.admit().is_now());
+    /// assert!(WARN.admit().is_suppressed());
+    /// ```
+    #[cfg(not(loom))]
+    pub const fn with_mode(threshold: Duration, mode: Mode) -> Self {
         if threshold.as_nanos() > state::MAX_THRESHOLD_NANOS as u128 {
             panic!(
-                "Throttle::new: the threshold exceeds the largest representable threshold, \
+                "a throttle's threshold exceeds the largest representable threshold, \
                  Throttle::MAX_THRESHOLD (2^62 ns, about 146 years)"
             );
         }
-        let threshold = threshold.as_nanos() as u64;
         let core = Core::new(
-            threshold,
-            Mode::LeadingAndTrailing,
+            threshold.as_nanos() as u64,
+            mode,
             NO_LEASE,
             None,
             DefaultClock::new(),
@@ -397,6 +418,19 @@ impl Throttle<DefaultClock> {
                 core,
                 owner: WakeSlot::new(),
             }),
+        }
+    }
+
+    /// A throttle on the process's [`DefaultClock`] in `mode` (not `const` under loom).
+    ///
+    /// # Panics
+    ///
+    /// If `threshold` exceeds [`Throttle::MAX_THRESHOLD`].
+    #[cfg(loom)]
+    pub fn with_mode(threshold: Duration, mode: Mode) -> Self {
+        match Self::builder(threshold).mode(mode).build() {
+            Ok(throttle) => throttle,
+            Err(err) => panic!("Throttle::with_mode: {err}"),
         }
     }
 

@@ -1,0 +1,61 @@
+//! A throttle per call site: `throttled!`, and `const` statics on the default clock.
+
+use atomic_throttle::{throttled, Mode, Throttle};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_millis(200);
+
+fn site_a(hits: &mut Vec<u64>) {
+    throttled!(T, |skipped| {
+        hits.push(skipped);
+    });
+}
+
+fn site_b() -> Option<&'static str> {
+    throttled!(T, { "b ran" })
+}
+
+#[test]
+fn each_call_site_runs_once_per_threshold_and_counts_what_it_skipped() {
+    let mut hits = Vec::new();
+    let start = Instant::now();
+    for _ in 0..1000 {
+        site_a(&mut hits);
+    }
+    // Another call site has its own throttle.
+    assert_eq!(site_b(), Some("b ran"));
+    assert_eq!(site_b(), None);
+    if start.elapsed() < T {
+        assert_eq!(hits, [0], "one run, nothing skipped before it");
+    }
+    std::thread::sleep(T);
+    site_a(&mut hits);
+    assert_eq!(hits.len(), 2, "{hits:?}");
+    // Every call between the two runs was skipped and counted (fewer if the window ended
+    // during the loop on a very slow machine).
+    assert!(
+        hits[1] <= 999 && hits.iter().sum::<u64>() == 999,
+        "{hits:?}"
+    );
+}
+
+#[test]
+fn the_value_is_the_blocks_when_it_runs() {
+    let ran: Vec<Option<u32>> = (0..3)
+        .map(|i| throttled!(Duration::from_secs(60), { i }))
+        .collect();
+    assert_eq!(ran, [Some(0), None, None]);
+}
+
+static LEADING: Throttle = Throttle::with_mode(Duration::from_secs(60), Mode::LeadingOnly);
+static DEFAULT: Throttle = Throttle::new(Duration::from_secs(60));
+
+#[test]
+fn statics_need_no_lazy_initialization() {
+    assert_eq!(LEADING.mode(), Mode::LeadingOnly);
+    assert!(LEADING.admit().is_now());
+    let skipped = LEADING.admit();
+    assert!(skipped.is_suppressed(), "{skipped:?}");
+    assert!(DEFAULT.admit().is_now());
+    assert!(DEFAULT.admit().is_deferred());
+}
