@@ -327,3 +327,40 @@ fn model_17_every_counted_call_is_taken_exactly_once() {
         drop(owner);
     });
 }
+
+/// Model 18: an owner's deferred run races a caller that offers a value and is Coalesced
+/// into it. The covering run takes the latest value offered (the caller's, or the owner's if
+/// that came later), and no value is left behind with no run to come: the offer precedes the
+/// caller's publishing admission, which orders it before the run's stamp.
+#[test]
+fn model_18_the_covering_run_gets_the_latest_value() {
+    use atomic_throttle::{Latest, Outcome};
+    verify(
+        "model 18",
+        &[("late_value", "a value was left with no run to come")],
+        || {
+            let throttle = Throttle::with_clock(T, ManualClock::new()).unwrap();
+            let latest = Arc::new(Latest::from_throttle(throttle, |value: u32| value));
+            assert_eq!(latest.call(0), Outcome::Now(0));
+            let callers: Vec<_> = [1, 2]
+                .into_iter()
+                .map(|value| {
+                    let latest = latest.clone();
+                    thread::spawn(move || latest.call(value))
+                })
+                .collect();
+            let outcomes: Vec<_> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+            for outcome in &outcomes {
+                match outcome {
+                    Outcome::Deferred(value) => assert!([1, 2].contains(value)),
+                    Outcome::Coalesced => {}
+                    other => panic!("{other:?} inside the window"),
+                }
+            }
+            assert!(
+                !latest.holds_a_value(),
+                "a value was left with no run to come: {outcomes:?}"
+            );
+        },
+    );
+}
