@@ -185,6 +185,11 @@ impl<T: ThrottleRef> Deferral<T> {
         }
     }
 
+    /// The state word this owner's claim installed.
+    pub(crate) fn word(&self) -> u64 {
+        self.word
+    }
+
     /// Hands the claim over without releasing it: the caller takes charge of the word.
     pub(crate) fn disown(mut self) -> u64 {
         self.spent = true;

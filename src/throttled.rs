@@ -1,9 +1,12 @@
 //! The Neutron-style wrapper: a throttle and the work it limits, in one value.
 
 use crate::clock::{Clock, DefaultClock};
+use crate::covered::{self, Completions, Seen};
 use crate::deferral::Revoked;
 use crate::error::ThresholdError;
+use crate::sync::Ordering;
 use crate::throttle::{Admission, Throttle};
+use crate::wait;
 use core::fmt;
 use core::time::Duration;
 
@@ -27,6 +30,8 @@ pub struct Throttled<F, C: Clock = DefaultClock> {
     throttle: Throttle<C>,
     work: F,
     publishing: bool,
+    /// Runs that finished, for callers waiting in `call_covered`.
+    completions: Completions,
 }
 
 /// What one [`Throttled::call`] did.
@@ -175,6 +180,7 @@ impl<F, C: Clock> Throttled<F, C> {
             throttle,
             work,
             publishing: false,
+            completions: Completions::default(),
         }
     }
 
@@ -252,15 +258,107 @@ impl<F, C: Clock> Throttled<F, C> {
     where
         F: Fn() -> R,
     {
-        match self.admit() {
-            Admission::Now => Outcome::Now((self.work)()),
-            Admission::Deferred(deferral) => match deferral.run(&self.work) {
-                Ok(result) => Outcome::Deferred(result),
-                Err(revoked) => Outcome::Revoked(revoked),
-            },
+        let (admission, _) = self.throttle.admit_seen(self.publishing);
+        match admission {
+            Admission::Now => {
+                let result = (self.work)();
+                self.completions.notify();
+                Outcome::Now(result)
+            }
+            Admission::Deferred(deferral) => {
+                let ran = deferral.run(&self.work);
+                self.completions.notify();
+                match ran {
+                    Ok(result) => Outcome::Deferred(result),
+                    Err(revoked) => Outcome::Revoked(revoked),
+                }
+            }
             Admission::Coalesced => Outcome::Coalesced,
             Admission::Suppressed { .. } => Outcome::Suppressed,
         }
+    }
+
+    /// Like [`call`](Throttled::call), but a caller that would be Coalesced blocks until the
+    /// run that covers it has finished, and gets a copy of its result: `Covered(result)` (a
+    /// single-flight call). If that run is cancelled with nothing after it, the answer is
+    /// `Revoked(Cancelled)`. A covering run started by [`call`](Throttled::call) rather than
+    /// `call_covered` keeps no result to copy: the waiter then gets `Coalesced`, after that
+    /// run has finished.
+    ///
+    /// Callers that do not wait pay nothing for this: their Coalesced answer is still one
+    /// load.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{ManualClock, Outcome, Throttled};
+    /// use std::time::Duration;
+    ///
+    /// let clock = ManualClock::with_auto_advance(false);
+    /// let refresh = Throttled::with_clock(Duration::from_millis(50), clock.clone(), || "fresh")?;
+    /// assert_eq!(refresh.call_covered(), Outcome::Now("fresh"));
+    /// std::thread::scope(|s| {
+    ///     let owner = s.spawn(|| refresh.call_covered());
+    ///     while !refresh.throttle().is_pending() {}
+    ///     let waiter = s.spawn(|| refresh.call_covered());
+    ///     clock.advance(Duration::from_millis(50));
+    ///     assert_eq!(owner.join().unwrap(), Outcome::Deferred("fresh"));
+    ///     assert_eq!(waiter.join().unwrap(), Outcome::Covered("fresh"));
+    /// });
+    /// # Ok::<(), atomic_throttle::ThresholdError>(())
+    /// ```
+    pub fn call_covered<R>(&self) -> Outcome<R>
+    where
+        F: Fn() -> R,
+        R: Clone + Send + 'static,
+    {
+        self.completions.keep_results(covered::clone_as::<R>);
+        let (admission, seen) = self.throttle.admit_seen(self.publishing);
+        match admission {
+            Admission::Now => {
+                let stamp = self.throttle.last_run().unwrap_or_default();
+                let result = (self.work)();
+                self.completions.finished(None, stamp, &result);
+                Outcome::Now(result)
+            }
+            Admission::Deferred(deferral) => {
+                let claim = deferral.word();
+                let ran = deferral.run(|| {
+                    let stamp = self.throttle.last_run().unwrap_or_default();
+                    (stamp, (self.work)())
+                });
+                match ran {
+                    Ok((stamp, result)) => {
+                        self.completions.finished(Some(claim), stamp, &result);
+                        Outcome::Deferred(result)
+                    }
+                    Err(revoked) => {
+                        self.completions.notify();
+                        Outcome::Revoked(revoked)
+                    }
+                }
+            }
+            Admission::Coalesced => self.wait_for_cover(seen),
+            Admission::Suppressed { .. } => Outcome::Suppressed,
+        }
+    }
+
+    /// Blocks until the run that covers a caller Coalesced on `seen` has finished.
+    fn wait_for_cover<R: Clone + 'static>(&self, seen: u64) -> Outcome<R> {
+        let waker = wait::thread_waker();
+        let id = crate::clock::Waiter::new(&waker).id();
+        let outcome = loop {
+            // Acquire: as in `Throttle::admit`.
+            let now = self.throttle.load(Ordering::Acquire);
+            match self.completions.look::<R>(seen, now, id, &waker) {
+                Seen::Covered(Some(result)) => break Outcome::Covered(result),
+                Seen::Covered(None) => break Outcome::Coalesced,
+                Seen::Uncovered => break Outcome::Revoked(Revoked::Cancelled),
+                Seen::Waiting => crate::sync::park(),
+            }
+        };
+        self.completions.forget(id);
+        outcome
     }
 }
 

@@ -1,6 +1,6 @@
 //! The Neutron-style wrapper.
 
-use atomic_throttle::{ManualClock, Outcome, Throttled};
+use atomic_throttle::{ManualClock, Outcome, Revoked, Throttle, Throttled};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,4 +46,55 @@ fn a_panicking_work_does_not_stop_the_throttle() {
     assert!(result.is_err());
     assert!(!job.throttle().is_pending());
     assert_eq!(job.call(), Outcome::Deferred(()));
+}
+
+#[test]
+fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
+    let clock = ManualClock::with_auto_advance(false);
+    let runs = AtomicU32::new(0);
+    // Counting, to know when the waiters have been answered Coalesced.
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .counting(true)
+        .build()
+        .unwrap();
+    let job = Throttled::from_throttle(throttle, || runs.fetch_add(1, Relaxed) + 1);
+    let coalesced = || job.throttle().stats().unwrap().coalesced;
+    assert_eq!(job.call_covered(), Outcome::Now(1));
+    std::thread::scope(|s| {
+        let owner = s.spawn(|| job.call_covered());
+        while !job.throttle().is_pending() {
+            std::thread::yield_now();
+        }
+        let waiters: Vec<_> = (0..4).map(|_| s.spawn(|| job.call_covered())).collect();
+        // A caller that does not wait still returns at once.
+        assert_eq!(job.call(), Outcome::Coalesced);
+        while coalesced() < 5 {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "woken before the run"
+        );
+        clock.advance(T);
+        assert_eq!(owner.join().unwrap(), Outcome::Deferred(2));
+        for waiter in waiters {
+            assert_eq!(waiter.join().unwrap(), Outcome::Covered(2));
+        }
+    });
+    // Cancelled with nothing after it: the waiter is told.
+    std::thread::scope(|s| {
+        let owner = s.spawn(|| job.call_covered());
+        while !job.throttle().is_pending() {
+            std::thread::yield_now();
+        }
+        let waiter = s.spawn(|| job.call_covered());
+        while coalesced() < 6 {
+            std::thread::yield_now();
+        }
+        assert!(job.throttle().cancel());
+        assert_eq!(owner.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
+        assert_eq!(waiter.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
+    });
 }
