@@ -1,23 +1,38 @@
-//! SPEC's cost targets, with every baseline in the same group of the same run.
+//! The cost targets, with every baseline in the same group of the same run.
 //!
 //! ```text
-//! cargo bench --bench admission                 # everything
+//! cargo bench --bench admission                 # everything (about 8 minutes on 2 cores)
 //! cargo bench --bench admission -- contended    # one group
+//! python3 benches/report.py                     # medians, ratios and the pictures
 //! ```
 //!
-//! Groups: `floor` (a bare load, an uncontended CAS, quanta's readings), `coalesced` (a
-//! saturated throttle on one thread), `now_path` (a clock read and a CAS), `contended/N`
-//! (N threads hammering one saturated throttle, cost per call), `mix` (windows turning over
-//! while two threads call, owners running the deferred work), and the deferred run's
-//! lateness, printed as percentiles after criterion's report.
+//! Groups: `floor` (a bare load, an uncontended CAS, the clocks), `coalesced` (a saturated
+//! throttle on one thread: plain, publishing, counting, with a lease on the default and the
+//! coarse clock; governor, the mutex port of the fix proposed for Neutron, a port of upstream
+//! Neutron's try-lock), `contended/N` (N threads on one saturated throttle, cost per call),
+//! `now_path` (a clock read, the microsecond stamp and a CAS), `leading_only` (a suppressed
+//! call reads the clock: on the default and the coarse clock, against governor and Go's
+//! `rate.Sometimes`, at 1 and 2 threads), `latest` (offering a value), and `mix` (windows
+//! turning over while two threads call). After criterion's report: the deferred run's
+//! lateness, the first reading's calibration, and sizes.
 
+#[path = "support/go_sometimes.rs"]
+mod go_sometimes;
 #[path = "support/neutron_mutex.rs"]
 mod neutron_mutex;
+#[path = "support/neutron_trylock.rs"]
+mod neutron_trylock;
 
-use atomic_throttle::{Admission, DefaultClock, Detached, Dispatch, LeadingRun, Throttle};
-use criterion::{black_box, criterion_group, BenchmarkId, Criterion};
+use atomic_throttle::{
+    Admission, Clock, CoarseClock, DefaultClock, Detached, Dispatch, Latest, LeadingRun, Mode,
+    Throttle,
+};
+use criterion::{criterion_group, BenchmarkId, Criterion};
+use go_sometimes::GoSometimes;
 use governor::{Quota, RateLimiter};
 use neutron_mutex::{MutexAnswer, NeutronMutex};
+use neutron_trylock::{NeutronTryLock, TryLockAnswer};
+use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
@@ -25,9 +40,17 @@ use std::time::{Duration, Instant};
 
 const SATURATED: Duration = Duration::from_secs(3600);
 
+/// The process's coarse clock, refreshed every 100 us.
+fn coarse() -> CoarseClock {
+    static COARSE: std::sync::OnceLock<CoarseClock> = std::sync::OnceLock::new();
+    COARSE
+        .get_or_init(|| CoarseClock::new(Duration::from_micros(100)).unwrap())
+        .clone()
+}
+
 /// A throttle with a deferral pending for the whole run: every admission is Coalesced.
-fn saturated_throttle() -> &'static Throttle {
-    let throttle: &'static Throttle = Box::leak(Box::new(Throttle::new(SATURATED)));
+fn saturated<C: Clock + 'static>(throttle: Throttle<C>) -> &'static Throttle<C> {
+    let throttle: &'static Throttle<C> = Box::leak(Box::new(throttle));
     assert!(throttle.admit().is_now());
     let Admission::Deferred(deferral) = throttle.admit() else {
         unreachable!()
@@ -35,6 +58,25 @@ fn saturated_throttle() -> &'static Throttle {
     std::mem::forget(deferral); // pending for good: the saturated state under test
     assert!(throttle.admit().is_coalesced());
     throttle
+}
+
+/// The saturated throttles under test: plain, counting, and with a lease (on the default and
+/// the coarse clock; the lease never expires within a run).
+struct Saturated {
+    plain: &'static Throttle,
+    counting: &'static Throttle,
+    leased: &'static Throttle,
+    leased_coarse: &'static Throttle<CoarseClock>,
+}
+
+fn saturated_throttles() -> Saturated {
+    let builder = || Throttle::builder(SATURATED);
+    Saturated {
+        plain: saturated(builder().build().unwrap()),
+        counting: saturated(builder().counting(true).build().unwrap()),
+        leased: saturated(builder().lease(SATURATED).build().unwrap()),
+        leased_coarse: saturated(builder().clock(coarse()).lease(SATURATED).build().unwrap()),
+    }
 }
 
 /// A governor limiter that rejects every call.
@@ -52,6 +94,16 @@ fn saturated_mutex() -> NeutronMutex<DefaultClock> {
     assert_eq!(mutex.decide(), MutexAnswer::Deferred);
     assert_eq!(mutex.decide(), MutexAnswer::Coalesced);
     mutex
+}
+
+/// The try-lock port with its lock held (a deferred caller sleeping out the window): every
+/// call is Coalesced.
+fn saturated_trylock() -> NeutronTryLock<DefaultClock> {
+    let trylock = NeutronTryLock::new(SATURATED, DefaultClock::new());
+    assert_eq!(trylock.decide(), TryLockAnswer::Now);
+    assert_eq!(trylock.decide(), TryLockAnswer::Deferred); // holds the lock from here
+    assert_eq!(trylock.decide(), TryLockAnswer::Coalesced);
+    trylock
 }
 
 fn floor(c: &mut Criterion) {
@@ -79,7 +131,19 @@ fn floor(c: &mut Criterion) {
     group.bench_function("quanta_recent", |b| b.iter(|| black_box(&clock).recent()));
     let default = DefaultClock::new();
     group.bench_function("default_clock_now_nanos", |b| {
-        b.iter(|| atomic_throttle::Clock::now_nanos(black_box(&default)))
+        b.iter(|| black_box(&default).now_nanos())
+    });
+    let coarse = coarse();
+    group.bench_function("coarse_clock_now_nanos", |b| {
+        b.iter(|| black_box(&coarse).now_nanos())
+    });
+    // The stamp's rounding up to a microsecond: a division by a constant, a multiply.
+    group.bench_function("microsecond_round_up", |b| {
+        let mut nanos = 123_456_789u64;
+        b.iter(|| {
+            nanos += 7;
+            black_box(black_box(nanos).div_ceil(1000) * 1000)
+        })
     });
     group.finish();
 }
@@ -90,12 +154,21 @@ fn coalesced(c: &mut Criterion) {
     group.bench_function("atomic_load_acquire", |b| {
         b.iter(|| black_box(&word).load(Ordering::Acquire) >> 63 != 0)
     });
-    let throttle = saturated_throttle();
+    let throttles = saturated_throttles();
     group.bench_function("throttle_admit", |b| {
-        b.iter(|| black_box(throttle).admit().is_coalesced())
+        b.iter(|| black_box(throttles.plain).admit().is_coalesced())
     });
     group.bench_function("throttle_admit_publishing", |b| {
-        b.iter(|| black_box(throttle).admit_publishing().is_coalesced())
+        b.iter(|| black_box(throttles.plain).admit_publishing().is_coalesced())
+    });
+    group.bench_function("throttle_admit_counting", |b| {
+        b.iter(|| black_box(throttles.counting).admit().is_coalesced())
+    });
+    group.bench_function("throttle_admit_leased", |b| {
+        b.iter(|| black_box(throttles.leased).admit().is_coalesced())
+    });
+    group.bench_function("throttle_admit_leased_coarse", |b| {
+        b.iter(|| black_box(throttles.leased_coarse).admit().is_coalesced())
     });
     let limiter = saturated_governor();
     group.bench_function("governor_check", |b| {
@@ -104,6 +177,10 @@ fn coalesced(c: &mut Criterion) {
     let mutex = saturated_mutex();
     group.bench_function("mutex_port", |b| {
         b.iter(|| black_box(&mutex).decide() == MutexAnswer::Coalesced)
+    });
+    let trylock = saturated_trylock();
+    group.bench_function("neutron_trylock", |b| {
+        b.iter(|| black_box(&trylock).decide() == TryLockAnswer::Coalesced)
     });
     group.finish();
 }
@@ -114,12 +191,13 @@ fn now_path(c: &mut Criterion) {
     let word = AtomicU64::new(0);
     group.bench_function("clock_read_plus_cas", |b| {
         b.iter(|| {
-            let now = atomic_throttle::Clock::now_nanos(black_box(&clock));
+            let now = black_box(&clock).now_nanos();
             let seen = black_box(&word).load(Ordering::Acquire);
             black_box(&word).compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
         })
     });
-    // A zero threshold answers every admission Now: one clock read and one CAS.
+    // A zero threshold answers every admission Now: one clock read, the stamp rounded up to a
+    // microsecond, and one CAS.
     let open = Throttle::new(Duration::ZERO);
     group.bench_function("throttle_admit", |b| {
         b.iter(|| black_box(&open).admit().is_now())
@@ -131,6 +209,10 @@ fn now_path(c: &mut Criterion) {
     let mutex = NeutronMutex::new(Duration::ZERO, DefaultClock::new());
     group.bench_function("mutex_port", |b| {
         b.iter(|| black_box(&mutex).decide() == MutexAnswer::Now)
+    });
+    let trylock = NeutronTryLock::new(Duration::ZERO, DefaultClock::new());
+    group.bench_function("neutron_trylock", |b| {
+        b.iter(|| black_box(&trylock).decide() == TryLockAnswer::Now)
     });
     group.finish();
 }
@@ -161,21 +243,26 @@ fn per_call_contended<F: Fn() + Sync>(threads: usize, iters: u64, call: F) -> Du
     })
 }
 
-fn contended(c: &mut Criterion) {
-    let throttle = saturated_throttle();
-    let limiter = saturated_governor();
-    let mutex = saturated_mutex();
-    let word = AtomicU64::new(1 << 63);
+/// The thread counts of the contended groups: 1, 2 and 4 unless `BENCH_MAX_THREADS` says more.
+fn thread_counts() -> Vec<usize> {
     let max_threads: usize = std::env::var("BENCH_MAX_THREADS")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(4);
-    let counts: Vec<usize> = [1, 2, 4, 8, 16]
+    [1, 2, 4, 8, 16]
         .into_iter()
         .filter(|&n| n <= max_threads)
-        .collect();
-    for threads in counts {
-        let mut group = c.benchmark_group(format!("contended/{threads}"));
+        .collect()
+}
+
+fn contended(c: &mut Criterion) {
+    let throttles = saturated_throttles();
+    let limiter = saturated_governor();
+    let mutex = saturated_mutex();
+    let trylock = saturated_trylock();
+    let word = AtomicU64::new(1 << 63);
+    for threads in thread_counts() {
+        let mut group = c.benchmark_group(format!("contended_{threads}"));
         macro_rules! bench {
             ($name:literal, $call:expr) => {
                 group.bench_function(BenchmarkId::from_parameter($name), |b| {
@@ -187,10 +274,19 @@ fn contended(c: &mut Criterion) {
             black_box(black_box(&word).load(Ordering::Acquire) >> 63 != 0);
         });
         bench!("throttle_admit", || {
-            black_box(black_box(throttle).admit().is_coalesced());
+            black_box(black_box(throttles.plain).admit().is_coalesced());
         });
         bench!("throttle_admit_publishing", || {
-            black_box(black_box(throttle).admit_publishing().is_coalesced());
+            black_box(black_box(throttles.plain).admit_publishing().is_coalesced());
+        });
+        bench!("throttle_admit_counting", || {
+            black_box(black_box(throttles.counting).admit().is_coalesced());
+        });
+        bench!("throttle_admit_leased", || {
+            black_box(black_box(throttles.leased).admit().is_coalesced());
+        });
+        bench!("throttle_admit_leased_coarse", || {
+            black_box(black_box(throttles.leased_coarse).admit().is_coalesced());
         });
         bench!("governor_check", || {
             black_box(black_box(&limiter).check().is_err());
@@ -198,8 +294,87 @@ fn contended(c: &mut Criterion) {
         bench!("mutex_port", || {
             black_box(black_box(&mutex).decide());
         });
+        bench!("neutron_trylock", || {
+            black_box(black_box(&trylock).decide());
+        });
         group.finish();
     }
+}
+
+/// Leading-only throttles answer Suppressed inside the window, and read the clock on every
+/// call to know whether it has ended; a coarse clock makes that read a load.
+fn leading_only(c: &mut Criterion) {
+    let suppressing = |clock| {
+        let throttle: &'static Throttle<_> = Box::leak(Box::new(
+            Throttle::builder(SATURATED)
+                .clock(clock)
+                .mode(Mode::LeadingOnly)
+                .build()
+                .unwrap(),
+        ));
+        assert!(throttle.admit().is_now());
+        assert!(throttle.admit().is_suppressed());
+        throttle
+    };
+    let on_default = suppressing(DefaultClock::new());
+    let on_coarse = Box::leak(Box::new(
+        Throttle::builder(SATURATED)
+            .clock(coarse())
+            .mode(Mode::LeadingOnly)
+            .build()
+            .unwrap(),
+    ));
+    assert!(on_coarse.admit().is_now());
+    let limiter = saturated_governor();
+    let sometimes = GoSometimes::new(SATURATED, DefaultClock::new());
+    assert!(sometimes.allow());
+    for threads in [1, 2] {
+        let mut group = c.benchmark_group(format!("leading_only_{threads}"));
+        macro_rules! bench {
+            ($name:literal, $call:expr) => {
+                group.bench_function(BenchmarkId::from_parameter($name), |b| {
+                    b.iter_custom(|iters| per_call_contended(threads, iters, $call))
+                });
+            };
+        }
+        bench!("throttle_default_clock", || {
+            black_box(black_box(&on_default).admit().is_suppressed());
+        });
+        bench!("throttle_coarse_clock", || {
+            black_box(black_box(&*on_coarse).admit().is_suppressed());
+        });
+        bench!("governor_check", || {
+            black_box(black_box(&limiter).check().is_err());
+        });
+        bench!("go_sometimes", || {
+            black_box(black_box(&sometimes).allow());
+        });
+        group.finish();
+    }
+}
+
+/// Offering a value to a `Latest` whose deferral is pending (a lock, a replace, a publishing
+/// admission), against a plain publishing admission.
+fn latest(c: &mut Criterion) {
+    let mut group = c.benchmark_group("latest");
+    let latest = Latest::new(SATURATED, |value: u64| value);
+    assert!(latest.call(0).ran().is_some());
+    let Admission::Deferred(deferral) = latest.throttle().admit() else {
+        unreachable!()
+    };
+    std::mem::forget(deferral);
+    let throttles = saturated_throttles();
+    group.bench_function("throttle_admit_publishing", |b| {
+        b.iter(|| black_box(throttles.plain).admit_publishing().is_coalesced())
+    });
+    group.bench_function("latest_call", |b| {
+        let mut value = 0;
+        b.iter(|| {
+            value += 1;
+            black_box(&latest).call(value)
+        })
+    });
+    group.finish();
 }
 
 /// `threads` threads make `iters` calls between them through `call`, which returns how long
@@ -266,10 +441,10 @@ fn mix(c: &mut Criterion) {
                 }
                 Admission::Deferred(deferral) => {
                     let start = Instant::now();
-                    deferral.run(work);
+                    let _ = deferral.run(work);
                     Some(start.elapsed())
                 }
-                Admission::Coalesced => None,
+                Admission::Coalesced | Admission::Suppressed { .. } => None,
             })
         })
     });
@@ -288,6 +463,24 @@ fn mix(c: &mut Criterion) {
                     Some(start.elapsed())
                 }
                 MutexAnswer::Coalesced => None,
+            })
+        })
+    });
+    let trylock = NeutronTryLock::new(THRESHOLD, DefaultClock::new());
+    group.bench_function("neutron_trylock", |b| {
+        b.iter_custom(|iters| {
+            caller_cost(threads, iters, || match trylock.decide() {
+                TryLockAnswer::Now => {
+                    work();
+                    None
+                }
+                TryLockAnswer::Deferred => {
+                    let start = Instant::now();
+                    trylock.finish();
+                    work();
+                    Some(start.elapsed())
+                }
+                TryLockAnswer::Coalesced => None,
             })
         })
     });
@@ -316,7 +509,7 @@ fn lateness() {
                 continue;
             };
             let deadline = deferral.deadline();
-            let started = deferral.run(|| atomic_throttle::Clock::now_nanos(&clock));
+            let started = deferral.run(|| clock.now_nanos()).unwrap();
             late.push(started.saturating_sub(deadline));
         }
         print_lateness(spin, late, "");
@@ -333,12 +526,7 @@ fn detached_lateness(threshold: Duration, runs: usize) {
         .leading_run(LeadingRun::Inline)
         .spawn({
             let starts = starts.clone();
-            move || {
-                starts
-                    .lock()
-                    .unwrap()
-                    .push(atomic_throttle::Clock::now_nanos(&clock))
-            }
+            move || starts.lock().unwrap().push(clock.now_nanos())
         })
         .unwrap();
     let mut late = Vec::with_capacity(runs);
@@ -377,17 +565,26 @@ fn print_lateness(spin: Duration, mut late: Vec<u64>, note: &str) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
-    targets = floor, coalesced, now_path, contended, mix
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    targets = floor, coalesced, now_path, contended, leading_only, latest, mix
 }
 
 fn main() {
+    // The default clock calibrates on its first reading in the process: what the first
+    // admission of a `static` throttle pays.
+    let started = Instant::now();
+    let first = DefaultClock::new().now_nanos();
+    let calibration = started.elapsed();
     benches();
     Criterion::default().configure_from_args().final_summary();
     // Under `cargo test --benches` the harness only checks that benches run.
     if !std::env::args().any(|arg| arg == "--test" || arg == "--list") {
         lateness();
+        println!(
+            "\nfirst DefaultClock reading in the process (calibration): {calibration:?} \
+             (reading {first})"
+        );
         println!(
             "size_of::<Throttle>() = {} bytes",
             std::mem::size_of::<Throttle>()

@@ -1,22 +1,27 @@
-//! Hammers one throttled publisher from every core, then the same load on a mutex port of the
-//! fix proposed for Neutron's throttler, and compares.
+//! Hammers one throttled publisher from every core, then the same load on a port of upstream
+//! Neutron's try-lock `throttler` and on a mutex port of the fix proposed in a review of a
+//! `Throttler` class, and compares.
 //!
 //! ```text
-//! cargo run --release --example demo [-- --threads N --threshold-us N --seconds N --detached]
+//! cargo run --release --example demo [-- --threads N --threshold-us N --seconds N]
+//! cargo run --release --example demo -- --detached       # a Detached publisher instead
+//! cargo run --release --example demo -- --count          # leading-only, suppressed counts
+//! cargo run --release --example demo -- --timeline FILE  # events of one short run, as CSV
 //! ```
-//!
-//! With `--detached`, the publisher is a `Detached` throttle: deferred runs happen on its
-//! timer thread and no caller ever waits.
 
 #[path = "../benches/support/neutron_mutex.rs"]
 mod neutron_mutex;
+#[path = "../benches/support/neutron_trylock.rs"]
+mod neutron_trylock;
 #[path = "../tests/support/stamp_clock.rs"]
 mod stamp_clock;
 
 use atomic_throttle::{
-    Clock, DefaultClock, Detached, Dispatch, LeadingRun, Outcome, Throttle, Throttled,
+    Admission, Clock, DefaultClock, Detached, Dispatch, LeadingRun, Mode, Outcome, Throttle,
+    Throttled,
 };
 use neutron_mutex::{MutexAnswer, NeutronMutex};
+use neutron_trylock::{NeutronTryLock, TryLockAnswer};
 use stamp_clock::{last_reading, StampClock};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, Mutex};
@@ -57,9 +62,7 @@ impl<F: Fn() + Sync> Publisher for Throttled<F, StampClock> {
             Outcome::Now(()) => Answer::Now,
             Outcome::Deferred(()) => Answer::Deferred,
             Outcome::Coalesced => Answer::Coalesced,
-            Outcome::Covered(_) | Outcome::Suppressed | Outcome::Revoked(_) => {
-                unreachable!("the demo's throttle trails, and nobody cancels")
-            }
+            other => unreachable!("{other:?}: the demo's throttle trails, and nobody cancels"),
         }
     }
 }
@@ -70,9 +73,7 @@ impl<F: Fn() + Send + Sync + 'static> Publisher for Detached<F, StampClock> {
             Dispatch::Leading => Answer::Now,
             Dispatch::Deferred => Answer::Deferred,
             Dispatch::Coalesced => Answer::Coalesced,
-            Dispatch::Suppressed | Dispatch::Closed => {
-                unreachable!("the demo's throttle trails, and runs until dropped")
-            }
+            other => unreachable!("{other:?}: the demo's throttle trails, and runs until dropped"),
         }
     }
 }
@@ -88,6 +89,21 @@ impl<F: Fn() + Sync> Publisher for MutexPublisher<F> {
             MutexAnswer::Now => Answer::Now,
             MutexAnswer::Deferred => Answer::Deferred,
             MutexAnswer::Coalesced => Answer::Coalesced,
+        }
+    }
+}
+
+struct TryLockPublisher<F> {
+    throttle: NeutronTryLock<StampClock>,
+    work: F,
+}
+
+impl<F: Fn() + Sync> Publisher for TryLockPublisher<F> {
+    fn call(&self) -> Answer {
+        match self.throttle.call(&self.work).0 {
+            TryLockAnswer::Now => Answer::Now,
+            TryLockAnswer::Deferred => Answer::Deferred,
+            TryLockAnswer::Coalesced => Answer::Coalesced,
         }
     }
 }
@@ -215,15 +231,32 @@ fn hammer(publisher: &dyn Publisher, runs: &Runs, threads: usize, seconds: f64) 
     report
 }
 
-fn print_row(label: &str, atomic: String, mutex: String) {
-    println!("  {label:<38} {atomic:>18} {mutex:>18}");
+fn print_row(label: &str, columns: &[String]) {
+    print!("  {label:<38}");
+    for column in columns {
+        print!(" {column:>18}");
+    }
+    println!();
 }
 
-fn main() {
-    let mut threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut threshold_us = 1000u64;
-    let mut seconds = 3.0f64;
-    let mut detached = false;
+struct Options {
+    threads: usize,
+    threshold: Duration,
+    seconds: f64,
+    detached: bool,
+    count: bool,
+    timeline: Option<String>,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        threshold: Duration::from_micros(1000),
+        seconds: 2.0,
+        detached: false,
+        count: false,
+        timeline: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -231,33 +264,55 @@ fn main() {
                 .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
         };
         match flag.as_str() {
-            "--threads" => threads = value().parse().unwrap_or_else(|_| usage("bad --threads")),
-            "--threshold-us" => {
-                threshold_us = value()
-                    .parse()
-                    .unwrap_or_else(|_| usage("bad --threshold-us"))
+            "--threads" => {
+                options.threads = value().parse().unwrap_or_else(|_| usage("bad --threads"))
             }
-            "--seconds" => seconds = value().parse().unwrap_or_else(|_| usage("bad --seconds")),
-            "--detached" => detached = true,
+            "--threshold-us" => {
+                let micros = value()
+                    .parse()
+                    .unwrap_or_else(|_| usage("bad --threshold-us"));
+                options.threshold = Duration::from_micros(micros);
+            }
+            "--seconds" => {
+                options.seconds = value().parse().unwrap_or_else(|_| usage("bad --seconds"))
+            }
+            "--detached" => options.detached = true,
+            "--count" => options.count = true,
+            "--timeline" => options.timeline = Some(value()),
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }
     }
-    if threads == 0 || !seconds.is_finite() || seconds <= 0.0 {
+    if options.threads == 0 || !options.seconds.is_finite() || options.seconds <= 0.0 {
         usage("--threads and --seconds must be positive");
     }
-    let threshold = Duration::from_micros(threshold_us);
+    options
+}
+
+fn main() {
+    let options = options();
+    if let Some(file) = &options.timeline {
+        return timeline(&options, file);
+    }
+    if options.count {
+        return count(&options);
+    }
+    let (threads, threshold, seconds) = (options.threads, options.threshold, options.seconds);
     let clock = StampClock(DefaultClock::new());
 
     println!(
         "atomic-throttle demo: {threads} threads hammer one {} publisher for {seconds} s each, \
          threshold {threshold:?}\n",
-        if detached { "detached" } else { "throttled" }
+        if options.detached {
+            "detached"
+        } else {
+            "throttled"
+        }
     );
     let throttle =
         Throttle::with_clock(threshold, clock).unwrap_or_else(|err| usage(&err.to_string()));
     let atomic_runs: &'static Runs = Box::leak(Box::default());
-    let a = if detached {
+    let a = if options.detached {
         // Leading runs inline, so that every run's work reads its own stamp; deferred runs on
         // the timer thread.
         let publisher = Detached::builder(throttle)
@@ -272,6 +327,13 @@ fn main() {
         hammer(&publisher, atomic_runs, threads, seconds)
     };
 
+    let trylock_runs = Runs::default();
+    let trylock = TryLockPublisher {
+        throttle: NeutronTryLock::new(threshold, clock),
+        work: || trylock_runs.record(),
+    };
+    let t = hammer(&trylock, &trylock_runs, threads, seconds);
+
     let mutex_runs = Runs::default();
     let mutex = MutexPublisher {
         throttle: NeutronMutex::new(threshold, clock),
@@ -279,57 +341,161 @@ fn main() {
     };
     let m = hammer(&mutex, &mutex_runs, threads, seconds);
 
-    print_row("", "atomic-throttle".into(), "mutex port".into());
-    let int = |v: u64| v.to_string();
-    print_row("calls", int(a.calls), int(m.calls));
+    let reports = [&a, &t, &m];
+    let row = |label: &str, show: &dyn Fn(&Report) -> String| {
+        print_row(label, &reports.map(show));
+    };
     print_row(
-        "runs: leading + deferred",
-        format!("{} + {}", a.leading, a.deferred),
-        format!("{} + {}", m.leading, m.deferred),
+        "",
+        &[
+            "atomic-throttle".into(),
+            "Neutron try-lock".into(),
+            "mutex port".into(),
+        ],
     );
-    print_row("coalesced", int(a.coalesced), int(m.coalesced));
-    let gap = |r: &Report| {
+    row("calls", &|r| r.calls.to_string());
+    row("runs: leading + deferred", &|r| {
+        format!("{} + {}", r.leading, r.deferred)
+    });
+    row("coalesced", &|r| r.coalesced.to_string());
+    row("smallest gap between two runs", &|r| {
         r.min_gap
             .map_or("-".into(), |g| format!("{:.3} ms", g as f64 / 1e6))
-    };
-    print_row("smallest gap between two runs", gap(&a), gap(&m));
-    let wait = |r: &Report| {
+    });
+    row("coalesced call to its run, p99 / longest", &|r| {
         let ms = |nanos: u64| nanos as f64 / 1e6;
         format!(
             "{:.3} / {:.3} ms",
             ms(r.p99_coalesced_wait),
             ms(r.max_coalesced_wait)
         )
-    };
-    print_row(
-        "coalesced call to its run, p99 / longest",
-        wait(&a),
-        wait(&m),
-    );
-    let cost = |r: &Report| format!("{:.1} / {:.1} ns", r.cost_p50, r.cost_p99);
-    print_row("admission cost, median / p99", cost(&a), cost(&m));
+    });
+    row("admission cost, median / p99", &|r| {
+        format!("{:.1} / {:.1} ns", r.cost_p50, r.cost_p99)
+    });
     let rate = |r: &Report| r.calls as f64 / r.seconds;
-    print_row(
-        "calls per second",
-        format!("{:.3e}", rate(&a)),
-        format!("{:.3e}", rate(&m)),
-    );
+    row("calls per second", &|r| format!("{:.3e}", rate(r)));
     println!();
-    println!(
-        "atomic-throttle: {:.1}x the mutex port's calls per second, {:.1}x cheaper median admission",
-        rate(&a) / rate(&m),
-        m.cost_p50 / a.cost_p50
-    );
+    for (name, other) in [("Neutron try-lock", &t), ("mutex port", &m)] {
+        println!(
+            "atomic-throttle: {:.1}x the {name}'s calls per second, {:.1}x cheaper median \
+             admission",
+            rate(&a) / rate(other),
+            other.cost_p50 / a.cost_p50
+        );
+    }
     let spaced = a
         .min_gap
-        .map_or(true, |gap| gap >= threshold.as_nanos() as u64);
+        .is_none_or(|gap| gap >= threshold.as_nanos() as u64);
     println!(
-        "spacing (SPEC G1): every pair of runs at least {threshold:?} apart: {}",
+        "spacing (guarantee 1): every pair of runs at least {threshold:?} apart: {}",
         if spaced { "yes" } else { "NO" }
     );
     if !spaced {
         std::process::exit(1);
     }
+}
+
+/// `--count`: a leading-only throttle that counts, the shape of the kernel's
+/// `printk_ratelimited`: each run reports how many calls were suppressed since the last.
+fn count(options: &Options) {
+    let (threads, threshold, seconds) = (options.threads, options.threshold, options.seconds);
+    println!(
+        "atomic-throttle demo: {threads} threads call one leading-only, counting throttle for \
+         {seconds} s, threshold {threshold:?}\n"
+    );
+    let throttle = Throttle::builder(threshold)
+        .mode(Mode::LeadingOnly)
+        .counting(true)
+        .build()
+        .unwrap_or_else(|err| usage(&err.to_string()));
+    let reported = AtomicU64::new(0);
+    let printed = AtomicU64::new(0);
+    let end = std::time::Instant::now() + Duration::from_secs_f64(seconds);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while std::time::Instant::now() < end {
+                    if let Admission::Now = throttle.admit() {
+                        let skipped = throttle.take_skipped();
+                        reported.fetch_add(skipped, Relaxed);
+                        if printed.fetch_add(1, Relaxed) < 5 {
+                            println!("  run: {skipped} calls suppressed since the last run");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let left = throttle.take_skipped();
+    let stats = throttle.stats().expect("a counting throttle");
+    println!(
+        "  ...\n\n  leading runs                     {:>14}\n  \
+         suppressed calls (counted)       {:>14}\n  \
+         reported to the runs + left over {:>14} + {}",
+        stats.leading,
+        stats.suppressed,
+        reported.load(Relaxed),
+        left
+    );
+    let exact = reported.load(Relaxed) + left == stats.suppressed;
+    println!(
+        "every suppressed call reported exactly once: {}",
+        if exact { "yes" } else { "NO" }
+    );
+    if !exact {
+        std::process::exit(1);
+    }
+}
+
+/// `--timeline FILE`: 30 ms of calls from two threads on a 1 ms throttle, every answer but the
+/// Coalesced ones (one in 64 of those) and every run, as `nanos,kind` lines, for
+/// `benches/report.py --timeline FILE`.
+fn timeline(options: &Options, file: &str) {
+    let clock = StampClock(DefaultClock::new());
+    let events = Mutex::new(vec![(0u64, "start")]);
+    let throttle = Throttle::with_clock(Duration::from_millis(1), clock).unwrap();
+    let end = clock.now_nanos() + 30_000_000;
+    events.lock().unwrap()[0].0 = clock.now_nanos();
+    std::thread::scope(|scope| {
+        for _ in 0..options.threads.min(2) {
+            scope.spawn(|| {
+                let mut coalesced = 0u64;
+                let mut mine = Vec::new();
+                while clock.now_nanos() < end {
+                    let before = clock.now_nanos();
+                    match throttle.admit() {
+                        Admission::Now => {
+                            mine.push((last_reading(), "leading"));
+                        }
+                        Admission::Deferred(deferral) => {
+                            mine.push((before, "deferred_call"));
+                            let _ = deferral.run(|| mine.push((last_reading(), "deferred_run")));
+                        }
+                        Admission::Coalesced => {
+                            coalesced += 1;
+                            if coalesced % 64 == 0 {
+                                mine.push((before, "coalesced"));
+                            }
+                        }
+                        Admission::Suppressed { .. } => unreachable!("not leading-only"),
+                    }
+                }
+                events.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let mut events = events.into_inner().unwrap();
+    events.sort_unstable();
+    let csv: String = std::iter::once("nanos,kind\n".to_string())
+        .chain(
+            events
+                .iter()
+                .map(|(nanos, kind)| format!("{nanos},{kind}\n")),
+        )
+        .collect();
+    std::fs::write(file, csv).unwrap_or_else(|err| usage(&format!("cannot write {file}: {err}")));
+    println!("wrote {} events to {file}", events.len());
 }
 
 fn usage(problem: &str) -> ! {
@@ -338,7 +504,7 @@ fn usage(problem: &str) -> ! {
     }
     eprintln!(
         "usage: cargo run --release --example demo \
-         [-- --threads N --threshold-us N --seconds N --detached]"
+         [-- --threads N --threshold-us N --seconds N --detached --count --timeline FILE]"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 })
 }

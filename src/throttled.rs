@@ -227,6 +227,7 @@ impl<F, C: Clock> Throttled<F, C> {
     }
 
     /// Admits a call, publishing or not as configured.
+    #[cfg(feature = "tokio")]
     pub(crate) fn admit(&self) -> Admission<&Throttle<C>> {
         if self.publishing {
             self.throttle.admit_publishing()
