@@ -1,0 +1,262 @@
+//! The small things a user reads: what `Debug` and `Display` print, what accessors return,
+//! and the controls (flush, cancel, counters) seen without blocking.
+
+use atomic_throttle::{
+    Admission, Clock, ClockSource, CoarseClock, DefaultClock, Detached, Dispatch, Latest,
+    LeadingRun, ManualClock, Mode, NotRun, Outcome, Revoked, Shutdown, Stats, ThresholdError,
+    Throttle, Throttled,
+};
+use std::time::Duration;
+
+const T: Duration = Duration::from_millis(10);
+
+fn manual(threshold: Duration) -> (Throttle<ManualClock>, ManualClock) {
+    let clock = ManualClock::new();
+    (
+        Throttle::with_clock(threshold, clock.clone()).unwrap(),
+        clock,
+    )
+}
+
+#[test]
+fn a_flush_makes_the_pending_deferral_due_at_once() {
+    let (throttle, clock) = manual(T);
+    assert!(!throttle.flush(), "nothing pending");
+    assert!(throttle.admit().is_now());
+    let Admission::Deferred(deferral) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    assert!(throttle.flush());
+    assert!(throttle.flush(), "idempotent while pending");
+    assert!(format!("{throttle:?}").contains("flushed: true"));
+    assert_eq!(deferral.try_run(|| clock.now_nanos()).ok(), Some(0));
+    assert!(!throttle.is_pending());
+    assert!(!throttle.flush());
+    // The next window counts from the flushed run.
+    clock.advance(T - Duration::from_nanos(1));
+    assert!(throttle.admit().is_deferred());
+    clock.advance(Duration::from_nanos(1));
+    assert!(throttle.admit().is_now());
+}
+
+#[test]
+fn a_cancel_revokes_the_owner_without_blocking() {
+    let (throttle, _) = manual(T);
+    assert!(!throttle.cancel());
+    assert!(throttle.admit().is_now());
+    let Admission::Deferred(deferral) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    assert!(throttle.cancel());
+    assert!(!throttle.is_pending());
+    assert!(!throttle.cancel(), "idempotent");
+    match deferral.try_run(|| unreachable!("a cancelled deferral ran")) {
+        Err(NotRun::Revoked(why)) => assert_eq!(why, Revoked::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        throttle.admit().is_deferred(),
+        "decided as if the owner had dropped it"
+    );
+}
+
+#[test]
+fn a_lease_takes_an_abandoned_deferral_over_and_refuses_its_owner() {
+    let clock = ManualClock::new();
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .lease(Duration::from_millis(5))
+        .counting(true)
+        .build()
+        .unwrap();
+    assert_eq!(throttle.lease(), Some(Duration::from_millis(5)));
+    assert!(throttle.admit().is_now());
+    let Admission::Deferred(late) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    clock.advance(T + Duration::from_millis(5) - Duration::from_nanos(1));
+    assert!(throttle.admit().is_coalesced(), "the lease has not expired");
+    clock.advance(Duration::from_nanos(1));
+    assert!(throttle.admit().is_now(), "taken over at deadline + lease");
+    assert_eq!(throttle.last_run(), Some(15_000_000));
+    match late.try_run(|| unreachable!("a taken-over deferral ran")) {
+        Err(NotRun::Revoked(why)) => assert_eq!(why, Revoked::TakenOver),
+        other => panic!("{other:?}"),
+    }
+    let stats = throttle.stats().unwrap();
+    assert_eq!((stats.leading, stats.takeovers, stats.coalesced), (1, 1, 1));
+}
+
+#[test]
+fn counters_count_every_path() {
+    let clock = ManualClock::new();
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .counting(true)
+        .build()
+        .unwrap();
+    assert_eq!(throttle.stats(), Some(Stats::default()));
+    assert!(throttle.admit().is_now());
+    drop(throttle.admit()); // a release
+    let Admission::Deferred(deferral) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    for _ in 0..3 {
+        assert!(throttle.admit().is_coalesced());
+    }
+    assert_eq!(throttle.take_skipped(), 3);
+    assert!(throttle.admit().is_coalesced());
+    assert!(deferral.run(|| ()).is_ok());
+    let cancelled = throttle.admit();
+    assert!(cancelled.is_deferred() && throttle.cancel());
+    drop(cancelled); // revoked: its release changes nothing, and is not counted
+    let stats = throttle.stats().unwrap();
+    assert_eq!(stats.leading, 1);
+    assert_eq!(stats.deferred, 1);
+    assert_eq!(stats.coalesced, 4);
+    assert_eq!(stats.suppressed, 0);
+    assert_eq!(stats.releases, 1, "the dropped claim");
+    assert_eq!(stats.cancels, 1);
+    assert_eq!(stats.takeovers, 0);
+    assert_eq!(throttle.take_skipped(), 1);
+    assert_eq!(throttle.take_skipped(), 0);
+
+    let leading = Throttle::builder(T)
+        .clock(ManualClock::new())
+        .mode(Mode::LeadingOnly)
+        .counting(true)
+        .build()
+        .unwrap();
+    assert!(leading.admit().is_now());
+    let Admission::Suppressed { until } = leading.admit() else {
+        panic!("expected Suppressed")
+    };
+    assert_eq!(until, 10_000_000);
+    let stats = leading.stats().unwrap();
+    assert_eq!((stats.suppressed, stats.coalesced), (1, 0));
+    assert_eq!(Throttle::new(T).stats(), None);
+    assert_eq!(Throttle::new(T).take_skipped(), 0);
+}
+
+#[test]
+fn what_debug_and_display_print() {
+    let (throttle, clock) = manual(T);
+    assert_eq!(format!("{:?}", throttle.admit()), "Now");
+    let deferred = format!("{:?}", throttle.admit());
+    assert!(
+        deferred.starts_with("Deferred(Deferral { deadline: 10000000"),
+        "{deferred}"
+    );
+    assert!(format!("{clock:?}")
+        .contains("ManualClock { now_nanos: 0, auto_advance: true, waiters: 0 }"));
+    let leading = Throttle::builder(T)
+        .mode(Mode::LeadingOnly)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let _ = leading.admit();
+    assert_eq!(
+        format!("{:?}", leading.admit()),
+        "Suppressed { until: 10000000 }"
+    );
+    assert!(format!("{:?}", DefaultClock::new()).contains("spin: 100µs"));
+    assert!(format!("{:?}", Throttle::builder(T)).contains("ThrottleBuilder"));
+    assert_eq!(
+        Revoked::TakenOver.to_string(),
+        "the deferral's lease expired and it was taken over"
+    );
+    assert_eq!(Revoked::Cancelled.to_string(), "the deferral was cancelled");
+    let not_due: NotRun<()> = NotRun::NotDue(());
+    assert_eq!(not_due.to_string(), "the deferral is not due yet");
+    assert_eq!(format!("{not_due:?}"), "NotDue(..)");
+    let revoked: NotRun<()> = NotRun::Revoked(Revoked::Cancelled);
+    assert_eq!(revoked.to_string(), "the deferral was cancelled");
+    assert_eq!(format!("{revoked:?}"), "Revoked(Cancelled)");
+    assert!(revoked.not_due().is_none());
+    let job = Throttled::new(T, || ());
+    let text = format!("{job:?}");
+    assert!(
+        text.contains("Throttled") && text.contains("publishing: false"),
+        "{text}"
+    );
+    let latest = Latest::new(T, |_: u8| ());
+    assert!(format!("{latest:?}").contains("holds_a_value: false"));
+    let err = Throttle::builder(Duration::ZERO)
+        .lease(Duration::MAX)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.what(), "lease");
+    assert!(err.to_string().starts_with("lease "), "{err}");
+    let err: ThresholdError = Detached::builder(Throttle::new(T))
+        .shutdown_grace(Duration::MAX)
+        .err()
+        .unwrap();
+    assert_eq!(err.what(), "shutdown grace");
+    assert!(err
+        .to_string()
+        .contains("largest representable shutdown grace"));
+}
+
+#[test]
+fn detached_accessors_and_debug() {
+    let job = Detached::builder(Throttle::new(Duration::from_secs(60)))
+        .leading_run(LeadingRun::Inline)
+        .on_shutdown(Shutdown::CancelPending)
+        .publishing(true)
+        .spawn(|| ())
+        .unwrap();
+    assert_eq!(job.call(), Dispatch::Leading);
+    assert!(job.last_run().is_some());
+    assert_eq!(job.threshold(), Duration::from_secs(60));
+    assert_eq!(job.stats(), None);
+    assert_eq!(job.take_skipped(), 0);
+    let text = format!("{job:?}");
+    for field in [
+        "leading: Inline",
+        "shutdown: CancelPending",
+        "publishing: true",
+        "panics: 0",
+    ] {
+        assert!(text.contains(field), "{field} missing from {text}");
+    }
+    let builder = Detached::builder(Throttle::new(T)).on_panic(|_| {});
+    assert!(format!("{builder:?}").contains("on_panic: true"));
+}
+
+#[test]
+fn clocks_report_what_they_are() {
+    let default = DefaultClock::new();
+    assert_eq!(default.spin(), DefaultClock::DEFAULT_SPIN);
+    let quick = default.with_spin(Duration::from_micros(3));
+    assert_eq!(quick.spin(), Duration::from_micros(3));
+    let earlier = DefaultClock::calibrate().now_nanos();
+    // A wait shorter than the spin busy-waits a step; a longer one parks: either returns.
+    quick.sleep(Duration::from_micros(1));
+    quick.sleep(Duration::from_micros(3));
+    quick.sleep(Duration::from_micros(500));
+    assert!(default.now_nanos() > earlier);
+    assert_eq!(DefaultClock::source(), ClockSource::Tsc);
+
+    let coarse = CoarseClock::new(Duration::from_micros(200)).unwrap();
+    assert_eq!(coarse.resolution(), Duration::from_micros(200));
+    let first = coarse.now_nanos();
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(coarse.now_nanos() > first, "the upkeep thread refreshes it");
+    assert!(
+        coarse.now_nanos() <= default.now_nanos(),
+        "never ahead of the default clock"
+    );
+    assert!(format!("{coarse:?}").contains("resolution: 200µs"));
+    let tiny = CoarseClock::new(Duration::ZERO).unwrap();
+    assert_eq!(tiny.resolution(), Duration::from_micros(1), "at least 1 us");
+}
+
+#[test]
+fn outcome_accessors() {
+    assert_eq!(Outcome::Now(1).ran(), Some(1));
+    assert_eq!(Outcome::Deferred(2).ran(), Some(2));
+    assert_eq!(Outcome::Covered(3).ran(), None);
+    assert_eq!(Outcome::Covered(3).value(), Some(3));
+    assert_eq!(Outcome::<u8>::Suppressed.value(), None);
+    assert_eq!(Outcome::<u8>::Revoked(Revoked::Cancelled).ran(), None);
+}
