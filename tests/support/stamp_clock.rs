@@ -1,5 +1,5 @@
-//! A clock that remembers each thread's last reading, for tests and the demo that check SPEC
-//! G1 on the stamps themselves.
+//! A clock that remembers each thread's last reading, for tests and the demo that check
+//! spacing (guarantee 1) on the stamps themselves.
 //!
 //! A run's work starts right after its stamp, on the thread that stamped it, with no clock
 //! reading in between. So, read inside the work, [`last_reading`] is the reading the throttle
