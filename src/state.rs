@@ -500,6 +500,27 @@ mod tests {
     }
 
     #[test]
+    fn at_the_end_of_time_cancels_and_takeovers_keep_the_stamp_in_its_field() {
+        let last = STAMPED | STAMP_MASK | GENERATION_MASK;
+        let cancelled = cancelled(claimed(last));
+        assert_eq!(stamp(cancelled), STAMP_MASK);
+        assert_eq!(cancelled & !STAMP_MASK, STAMPED, "nothing spilled out of the stamp");
+        let taken = taken_over(claimed(STAMPED | STAMP_MASK), u64::MAX);
+        assert_eq!(stamp(taken), STAMP_MASK);
+        assert_eq!(taken & !STAMP_MASK, STAMPED | GENERATION_MASK & taken);
+        assert!(!is_pending(taken));
+    }
+
+    #[test]
+    fn a_takeover_stamps_its_reading_when_that_is_later() {
+        let claim = claimed(stamped(FRESH, 7_000));
+        assert_eq!(stamp(taken_over(claim, 50_000)), 50);
+        // A reading at or behind the claim's stamp: strictly after it all the same.
+        assert_eq!(stamp(taken_over(claim, 7_000)), 8);
+        assert_eq!(stamp(taken_over(claim, 0)), 8);
+    }
+
+    #[test]
     fn a_zero_threshold_is_always_due() {
         let word = stamped(FRESH, 5_000_000);
         assert!(

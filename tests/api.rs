@@ -88,6 +88,34 @@ fn a_lease_takes_an_abandoned_deferral_over_and_refuses_its_owner() {
 }
 
 #[test]
+fn a_takeover_with_the_clock_at_the_claims_stamp_still_moves_the_stamp() {
+    // A zero lease, and the threshold dropped to zero while the deferral is pending: the lease
+    // has expired with the clock still at the claim's stamp. The takeover must stamp past the
+    // claim, or the next claim would be the old owner's word, bit for bit.
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_millis(1));
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .lease(Duration::ZERO)
+        .build()
+        .unwrap();
+    assert!(throttle.admit().is_now());
+    let Admission::Deferred(late) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    throttle.set_threshold(Duration::ZERO).unwrap();
+    assert!(throttle.admit().is_now(), "taken over");
+    assert_eq!(throttle.last_run(), Some(1_001_000), "1 us past the claim's stamp");
+    throttle.set_threshold(T).unwrap();
+    let Admission::Deferred(next) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    drop(late);
+    assert!(throttle.is_pending(), "the late owner's release cleared the next claim");
+    drop(next);
+}
+
+#[test]
 fn counters_count_every_path() {
     let clock = ManualClock::new();
     let throttle = Throttle::builder(T)
