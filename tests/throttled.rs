@@ -79,6 +79,14 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
         );
         clock.advance(T);
         assert_eq!(owner.join().unwrap(), Outcome::Deferred(2));
+        let patience = std::time::Instant::now() + Duration::from_secs(30);
+        while !waiters.iter().all(|w| w.is_finished()) {
+            assert!(
+                std::time::Instant::now() < patience,
+                "after 30 s, a waiting caller was never woken by its covering run"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         for waiter in waiters {
             assert_eq!(waiter.join().unwrap(), Outcome::Covered(2));
         }

@@ -265,7 +265,10 @@ async fn coalesced_callers_can_wait_for_the_covering_run_and_get_its_result() {
         })
         .collect();
     for waiter in waiters {
-        let (outcome, at) = waiter.await.unwrap();
+        let (outcome, at) = timeout(T * 10, waiter)
+            .await
+            .expect("a waiting caller was never woken")
+            .unwrap();
         assert_eq!(outcome, Outcome::Covered(2));
         assert!(at >= start + T, "woken before the covering run");
     }
