@@ -495,6 +495,23 @@ where
         self.shared.throttle.is_pending()
     }
 
+    /// How many callers wait in [`call_covered`](AsyncThrottled::call_covered) for their
+    /// covering run right now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "tokio")] {
+    /// # use atomic_throttle::AsyncThrottled;
+    /// # use std::time::Duration;
+    /// let job = AsyncThrottled::new(Duration::from_secs(2), async || ());
+    /// assert_eq!(job.waiting(), 0);
+    /// # }
+    /// ```
+    pub fn waiting(&self) -> usize {
+        self.shared.completions.waiting()
+    }
+
     /// The stamp of the last run; see [`Throttle::last_run`].
     ///
     /// # Examples

@@ -22,8 +22,6 @@ struct Record {
     /// The last finished run: the word its claim installed (none for a leading run), its
     /// stamp in microseconds, and a copy of its result if a waiter asked for results.
     last: Option<Finished>,
-    /// Bumped by every finished run and every event that may leave waiters uncovered.
-    version: u64,
     /// Set by the first caller that waits for results of a cloneable type.
     cloner: Option<Cloner>,
     waiters: Vec<(u64, Waker)>,
@@ -66,7 +64,6 @@ impl Completions {
                     result,
                 });
             }
-            record.version += 1;
             core::mem::take(&mut record.waiters)
         };
         for (_, waker) in waiters {
@@ -76,11 +73,7 @@ impl Completions {
 
     /// Wakes every waiter to look again: a deferral was given up or cancelled.
     pub(crate) fn notify(&self) {
-        let waiters = {
-            let mut record = sync::lock(&self.inner);
-            record.version += 1;
-            core::mem::take(&mut record.waiters)
-        };
+        let waiters = core::mem::take(&mut sync::lock(&self.inner).waiters);
         for (_, waker) in waiters {
             waker.wake();
         }
@@ -117,6 +110,11 @@ impl Completions {
             None => record.waiters.push((id, waker.clone())),
         }
         Seen::Waiting
+    }
+
+    /// How many callers wait for a covering run right now.
+    pub(crate) fn waiting(&self) -> usize {
+        sync::lock(&self.inner).waiters.len()
     }
 
     /// Forgets waiter `id` (its wait ended, or its future was dropped).

@@ -504,7 +504,11 @@ mod tests {
         let last = STAMPED | STAMP_MASK | GENERATION_MASK;
         let cancelled = cancelled(claimed(last));
         assert_eq!(stamp(cancelled), STAMP_MASK);
-        assert_eq!(cancelled & !STAMP_MASK, STAMPED, "nothing spilled out of the stamp");
+        assert_eq!(
+            cancelled & !STAMP_MASK,
+            STAMPED,
+            "nothing spilled out of the stamp"
+        );
         let taken = taken_over(claimed(STAMPED | STAMP_MASK), u64::MAX);
         assert_eq!(stamp(taken), STAMP_MASK);
         assert_eq!(taken & !STAMP_MASK, STAMPED | GENERATION_MASK & taken);

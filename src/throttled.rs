@@ -344,6 +344,21 @@ impl<F, C: Clock> Throttled<F, C> {
         }
     }
 
+    /// How many callers wait in [`call_covered`](Throttled::call_covered) for their covering
+    /// run right now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::Throttled;
+    /// # use std::time::Duration;
+    /// let job = Throttled::new(Duration::from_secs(1), || ());
+    /// assert_eq!(job.waiting(), 0);
+    /// ```
+    pub fn waiting(&self) -> usize {
+        self.completions.waiting()
+    }
+
     /// Blocks until the run that covers a caller Coalesced on `seen` has finished.
     fn wait_for_cover<R: Clone + 'static>(&self, seen: u64) -> Outcome<R> {
         let waker = wait::thread_waker();

@@ -105,13 +105,20 @@ fn a_takeover_with_the_clock_at_the_claims_stamp_still_moves_the_stamp() {
     };
     throttle.set_threshold(Duration::ZERO).unwrap();
     assert!(throttle.admit().is_now(), "taken over");
-    assert_eq!(throttle.last_run(), Some(1_001_000), "1 us past the claim's stamp");
+    assert_eq!(
+        throttle.last_run(),
+        Some(1_001_000),
+        "1 us past the claim's stamp"
+    );
     throttle.set_threshold(T).unwrap();
     let Admission::Deferred(next) = throttle.admit() else {
         panic!("expected Deferred")
     };
     drop(late);
-    assert!(throttle.is_pending(), "the late owner's release cleared the next claim");
+    assert!(
+        throttle.is_pending(),
+        "the late owner's release cleared the next claim"
+    );
     drop(next);
 }
 

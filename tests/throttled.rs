@@ -98,11 +98,83 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
             std::thread::yield_now();
         }
         let waiter = s.spawn(|| job.call_covered());
-        while coalesced() < 6 {
+        while job.waiting() < 1 {
             std::thread::yield_now();
         }
         assert!(job.throttle().cancel());
         assert_eq!(owner.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
         assert_eq!(waiter.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
+    });
+}
+
+/// Blocks until every thread in `threads` has finished, failing after 30 s with `what`.
+fn wait_until_finished<T>(threads: &[std::thread::ScopedJoinHandle<'_, T>], what: &str) {
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while !threads.iter().all(|t| t.is_finished()) {
+        assert!(
+            std::time::Instant::now() < patience,
+            "after 30 s, still waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_waiter_is_covered_by_its_claims_run_even_when_that_run_keeps_the_stamp() {
+    // A flush with the clock still at the last stamp: the covering run is stamped at that same
+    // reading, so the waiter knows it by the claim it ran, not by a later stamp.
+    let clock = ManualClock::with_auto_advance(false);
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .counting(true)
+        .build()
+        .unwrap();
+    let job = Throttled::from_throttle(throttle, || 7);
+    assert_eq!(job.call_covered(), Outcome::Now(7));
+    std::thread::scope(|s| {
+        let owner = s.spawn(|| job.call_covered());
+        while !job.throttle().is_pending() {
+            std::thread::yield_now();
+        }
+        let waiter = s.spawn(|| job.call_covered());
+        while job.waiting() < 1 {
+            std::thread::yield_now();
+        }
+        assert!(job.throttle().flush());
+        assert_eq!(owner.join().unwrap(), Outcome::Deferred(7));
+        wait_until_finished(std::slice::from_ref(&waiter), "the waiter to be woken");
+        assert_eq!(waiter.join().unwrap(), Outcome::Covered(7));
+    });
+    assert_eq!(
+        job.throttle().last_run(),
+        Some(0),
+        "the flushed run kept the stamp"
+    );
+}
+
+#[test]
+fn a_waiter_whose_owner_gave_up_is_covered_by_a_later_run() {
+    let clock = ManualClock::with_auto_advance(false);
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .counting(true)
+        .build()
+        .unwrap();
+    let job = Throttled::from_throttle(throttle, || clock.now());
+    assert_eq!(job.call_covered(), Outcome::Now(Duration::ZERO));
+    // An owner outside the wrapper, which gives its deferral up without a word to the waiters.
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| job.call_covered());
+        while job.waiting() < 1 {
+            std::thread::yield_now();
+        }
+        drop(owner);
+        // A leading run after the window covers the waiter: it ran after the waiter's call.
+        clock.advance(T);
+        assert_eq!(job.call_covered(), Outcome::Now(T));
+        wait_until_finished(std::slice::from_ref(&waiter), "the waiter to be woken");
+        assert_eq!(waiter.join().unwrap(), Outcome::Covered(T));
     });
 }
