@@ -33,11 +33,7 @@ impl WakeSlot {
     /// Leaves `waker` to be woken by the next event, replacing any other. The caller looks at
     /// the state word again afterwards, so an event that came before this is not missed.
     pub(crate) fn register(&self, waker: &Waker) {
-        let mut slot = sync::lock(&self.waker);
-        match &*slot {
-            Some(known) if known.will_wake(waker) => {}
-            _ => *slot = Some(waker.clone()),
-        }
+        sync::lock(&self.waker).replace(waker.clone());
     }
 
     /// Takes `waker` out again, if it is still the registered one.

@@ -12,6 +12,12 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use wait_for::wait_for;
 
+/// Joins `owner` once it has finished, failing after a while with `what` rather than hanging.
+fn join_within<T>(owner: std::thread::ScopedJoinHandle<'_, T>, what: &str) -> T {
+    wait_for(|| owner.is_finished(), what);
+    owner.join().unwrap()
+}
+
 const T: Duration = Duration::from_millis(10);
 
 /// A timer that must not be used: on a manual clock the clock itself moves.
@@ -134,7 +140,7 @@ fn without_auto_advance_a_waiting_owner_waits_for_the_test() {
         std::thread::sleep(Duration::from_millis(20));
         assert!(!owner.is_finished(), "ran before its deadline");
         clock.advance(Duration::from_nanos(1));
-        assert_eq!(owner.join().unwrap(), Ok(T));
+        assert_eq!(join_within(owner, "the clock to wake the owner"), Ok(T));
     });
     assert_eq!(clock.waiters(), 0);
 }
@@ -152,7 +158,10 @@ fn without_auto_advance_cancel_flush_and_a_new_threshold_wake_the_owner() {
         let owner = s.spawn(|| deferral.run(|| unreachable!("a cancelled deferral ran")));
         wait_for(|| clock.waiters() == 1, "the owner to wait");
         assert!(throttle.cancel());
-        assert_eq!(owner.join().unwrap(), Err(Revoked::Cancelled));
+        assert_eq!(
+            join_within(owner, "the cancel to wake the owner"),
+            Err(Revoked::Cancelled)
+        );
     });
     // Flush: it runs at once, the clock still short of the deadline.
     let Admission::Deferred(deferral) = throttle.admit() else {
@@ -162,7 +171,7 @@ fn without_auto_advance_cancel_flush_and_a_new_threshold_wake_the_owner() {
         let owner = s.spawn(|| deferral.run(|| clock.now_nanos()));
         wait_for(|| clock.waiters() == 1, "the owner to wait");
         assert!(throttle.flush());
-        assert_eq!(owner.join().unwrap(), Ok(0));
+        assert_eq!(join_within(owner, "the flush to wake the owner"), Ok(0));
     });
     // A shorter threshold: the deadline moved to a reading the clock has reached.
     clock.advance(Duration::from_millis(2));
@@ -173,7 +182,10 @@ fn without_auto_advance_cancel_flush_and_a_new_threshold_wake_the_owner() {
         let owner = s.spawn(|| deferral.run(|| clock.now()));
         wait_for(|| clock.waiters() == 1, "the owner to wait");
         throttle.set_threshold(Duration::from_millis(1)).unwrap();
-        assert_eq!(owner.join().unwrap(), Ok(Duration::from_millis(2)));
+        assert_eq!(
+            join_within(owner, "the new threshold to wake the owner"),
+            Ok(Duration::from_millis(2))
+        );
     });
 }
 
@@ -189,7 +201,10 @@ fn an_async_owner_is_woken_by_a_cancel() {
         let owner = s.spawn(|| block_on(deferral.wait_with(no_timer)));
         wait_for(|| clock.waiters() == 1, "the async owner to wait");
         assert!(throttle.cancel());
-        assert_eq!(owner.join().unwrap(), Err(Revoked::Cancelled));
+        assert_eq!(
+            join_within(owner, "the cancel to wake the async owner"),
+            Err(Revoked::Cancelled)
+        );
     });
     assert_eq!(clock.waiters(), 0, "the cancelled wait unregistered");
 }

@@ -16,6 +16,26 @@ fn the_largest_threshold_is_accepted_and_works() {
 }
 
 #[test]
+fn the_const_constructors_accept_the_largest_threshold_and_refuse_one_more() {
+    const LARGEST: Throttle = Throttle::new(Throttle::MAX_THRESHOLD);
+    assert_eq!(LARGEST.threshold(), Throttle::MAX_THRESHOLD);
+    let leading = Throttle::with_mode(Throttle::MAX_THRESHOLD, atomic_throttle::Mode::LeadingOnly);
+    assert_eq!(leading.threshold(), Throttle::MAX_THRESHOLD);
+    let past = Throttle::MAX_THRESHOLD + Duration::from_nanos(1);
+    let refused =
+        std::panic::catch_unwind(|| Throttle::with_mode(past, atomic_throttle::Mode::LeadingOnly));
+    let message = refused
+        .err()
+        .and_then(|p| p.downcast_ref::<&str>().map(|s| s.to_string()));
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("Throttle::MAX_THRESHOLD (2^62 ns, about 146 years)")),
+        "{message:?}"
+    );
+}
+
+#[test]
 fn the_largest_threshold_is_about_146_years() {
     let years = Throttle::MAX_THRESHOLD.as_secs_f64() / (365.25 * 24.0 * 3600.0);
     assert!((146.0..147.0).contains(&years), "{years}");
