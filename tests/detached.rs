@@ -334,7 +334,8 @@ fn after_shutdown_calls_are_closed_and_nothing_is_pending() {
 #[test]
 fn dropping_the_last_handle_on_the_timer_thread_stops_it_without_joining_itself() {
     for panic_in_flight in [false, true] {
-        let handle: Arc<Mutex<Weak<Detached<Box<dyn Fn() + Send + Sync>>>>> = Arc::default();
+        type Handle = Detached<Box<dyn Fn() + Send + Sync>>;
+        let handle: Arc<Mutex<Weak<Handle>>> = Arc::default();
         let dropped_on = Arc::new(Mutex::new(None));
         let holding = Arc::new(AtomicBool::new(false));
         let work: Box<dyn Fn() + Send + Sync> = Box::new({
