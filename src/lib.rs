@@ -100,6 +100,7 @@ mod state;
 mod sync;
 mod throttle;
 mod throttled;
+mod timer;
 mod wait;
 mod word;
 
@@ -113,6 +114,7 @@ pub use crate::error::ThresholdError;
 pub use crate::state::Mode;
 pub use crate::throttle::{Admission, OwnedAdmission, Throttle, ThrottleBuilder, ThrottleRef};
 pub use crate::throttled::{Outcome, Throttled};
+pub use crate::timer::{SharedTimer, SharedTimerBuilder};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
