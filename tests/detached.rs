@@ -328,6 +328,27 @@ fn after_shutdown_calls_are_closed_and_nothing_is_pending() {
     assert_eq!(runs.load(Relaxed), 2);
 }
 
+/// Before the fix, a leading run with `LeadingRun::Inline` still ran on the caller's thread
+/// after a shutdown, and the call was answered Leading: only hand-offs were refused.
+#[test]
+fn after_shutdown_inline_leading_runs_are_closed_too() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = Detached::builder(Throttle::new(Duration::from_millis(5)))
+        .leading_run(LeadingRun::Inline)
+        .spawn({
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Relaxed);
+            }
+        })
+        .unwrap();
+    assert_eq!(job.call(), Dispatch::Leading);
+    job.shutdown();
+    std::thread::sleep(Duration::from_millis(10)); // past the window: the next call leads
+    assert_eq!(job.call(), Dispatch::Closed);
+    assert_eq!(runs.load(Relaxed), 1, "the work ran after the shutdown");
+}
+
 /// Before the fix, dropping the last handle from inside the work joined the timer thread from
 /// itself: "Resource deadlock avoided" panicked in `Drop`, and aborted the process when it
 /// happened during a panic's unwinding.

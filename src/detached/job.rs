@@ -237,6 +237,11 @@ where
             Admission::Suppressed { .. } => Dispatch::Suppressed,
             Admission::Now => match self.leading {
                 LeadingRun::Inline => {
+                    if self.is_closed() {
+                        // Shut down: nothing runs, inline or not. (The window this admission
+                        // opened holds no claim, so it strands nothing.)
+                        return Dispatch::Closed;
+                    }
                     self.run_work();
                     Dispatch::Leading
                 }
