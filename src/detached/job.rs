@@ -174,7 +174,7 @@ impl<F, C: Clock> Job<F, C> {
         // Acquire: as in an admission.
         let word = self.throttle.load(Ordering::Acquire);
         if state::is_pending(word) {
-            self.throttle.word().release(word & !state::FLUSH);
+            let _ = self.throttle.word().release(word & !state::FLUSH);
         }
     }
 
@@ -264,10 +264,13 @@ where
                 // to the handle: every claim goes through here and is handed over.
                 let word = deferral.disown();
                 if self.closed_after_hand_off() {
-                    // Nobody left to run it: give it up rather than strand it (if the serving
-                    // side's last look already ran it, this changes nothing).
-                    self.throttle.word().release(word);
-                    return Dispatch::Closed;
+                    // Nobody left to run it: give it up rather than strand it. If that finds it
+                    // gone, the serving side's last look took it after all (it runs, unless the
+                    // shutdown policy gives it up): the call was handed over.
+                    if self.throttle.word().release(word) {
+                        return Dispatch::Closed;
+                    }
+                    return Dispatch::Deferred;
                 }
                 self.hand_off();
                 Dispatch::Deferred
@@ -369,9 +372,11 @@ where
                 self.run_work();
             }
             Ok(Stamp::Revoked | Stamp::Later) => {}
-            Ok(Stamp::GivenUp) => self.throttle.word().release(word),
+            Ok(Stamp::GivenUp) => {
+                let _ = self.throttle.word().release(word);
+            }
             Err(payload) => {
-                self.throttle.word().release(word);
+                let _ = self.throttle.word().release(word);
                 self.report_panic(payload);
             }
         }
