@@ -546,14 +546,17 @@ fn leading_runs_slower_than_the_threshold_each_run_once_on_the_timer_thread() {
     });
     let (mut leading, mut deferred) = (0, 0);
     for _ in 0..4 {
+        // Nothing pending (a deferral, behind the slow work, may take a while to be run; on a
+        // loaded machine the timer thread may also wake late), then past the window of the
+        // last stamp: the next call leads again, unless the timer thread, busy with the slow
+        // work, re-stamped a leading run when it got to it.
+        wait_for(|| !job.is_pending(), "the deferral to be run");
+        std::thread::sleep(T * 2);
         match job.call() {
             Dispatch::Leading => leading += 1,
             Dispatch::Deferred => deferred += 1,
             other => panic!("{other:?} with nothing pending"),
         }
-        // Past the window of the caller's stamp: the next call leads again, unless the timer
-        // thread, busy with the slow work, re-stamped a leading run when it got to it.
-        std::thread::sleep(T * 2);
     }
     assert!(leading >= 2, "only {leading} leading runs");
     drop(job); // waits for the backlog
