@@ -722,15 +722,14 @@ impl<F, C: Clock> Detached<F, C> {
             Backend::Shared(timer) => {
                 let (job, service, link) = (&self.job, timer.service(), &self.job.link);
                 job.request_stop();
-                if retire {
-                    link.retire();
+                let wait = !service.is_own_thread(); // its threads must not wait on themselves
+                if wait {
+                    link.wait_here();
                 }
-                if service.is_own_thread() {
-                    job.nudge();
-                    return; // its threads must not wait on themselves
+                service.look_again(link, retire);
+                if !wait {
+                    return;
                 }
-                link.wait_here();
-                job.nudge();
                 loop {
                     if if retire {
                         link.is_removed()

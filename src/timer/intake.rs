@@ -30,9 +30,10 @@ pub(crate) struct Link {
     queued: AtomicBool,
     /// The next entry down the stack, as index + 1; [`EMPTY`] at the bottom.
     next: AtomicU64,
-    /// Set by the timer thread when it hands the entry to a worker, cleared by the worker when
-    /// it is done with it: an entry is on at most one worker at a time.
-    busy: AtomicBool,
+    /// Set by a worker when it hands the entry back (then it pushes the entry), taken by the
+    /// timer thread when it finds the entry on the intake: only then does the timer thread
+    /// count the entry as off the worker, so that no push of the worker's can come after.
+    returned: AtomicBool,
     /// Set when the handle is gone: once done, the timer removes the entry.
     retired: AtomicBool,
     /// [`OPEN`], [`DONE`] or [`REMOVED`].
@@ -53,7 +54,7 @@ impl Link {
             index: AtomicU64::new(0),
             queued: AtomicBool::new(false),
             next: AtomicU64::new(EMPTY),
-            busy: AtomicBool::new(false),
+            returned: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             stage: AtomicU64::new(OPEN),
             waiter: std::sync::Mutex::new(None),
@@ -94,17 +95,19 @@ impl Link {
         self.next.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn is_busy(&self) -> bool {
-        // Acquire: pairs with the Release store in `set_busy(false)`: the timer thread sees
-        // what the worker did with the entry.
-        self.busy.load(Ordering::Acquire)
+    /// Marks the entry as handed back by its worker, before the worker pushes it.
+    pub(crate) fn set_returned(&self) {
+        // Release: the timer thread's AcqRel swap in `take_returned` sees what the worker did
+        // with the entry (its stamps, the job's `last_start`); the push that follows, or the
+        // one that found the entry queued, makes the timer thread look (see `dequeue`).
+        self.returned.store(true, Ordering::Release);
     }
 
-    pub(crate) fn set_busy(&self, busy: bool) {
-        // Release: a worker's clearing publishes what it did (its stamps, `last_start`) to the
-        // timer thread's Acquire load in `is_busy`. Setting it needs no more: the entry reaches
-        // the worker through the ready queue's lock.
-        self.busy.store(busy, Ordering::Release);
+    /// Whether a worker handed the entry back since the timer thread last looked; clears it.
+    pub(crate) fn take_returned(&self) -> bool {
+        // AcqRel: Acquire pairs with the Release store in `set_returned`; Release orders the
+        // clearing before the entry's next hand-over to a worker.
+        self.returned.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn retire(&self) {

@@ -12,8 +12,8 @@ pub(crate) struct Pool {
 }
 
 struct Ready {
-    /// Entries to serve, in the order they came due. Each entry is here at most once (its
-    /// `busy` flag), so this never holds more than there are throttles.
+    /// Entries to serve, in the order they came due. Each entry is here at most once (the
+    /// timer thread's `busy` mark), so this never holds more than there are throttles.
     queue: VecDeque<Arc<dyn Entry>>,
     /// Workers parked for want of an entry.
     idle: Vec<Thread>,

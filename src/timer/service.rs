@@ -79,6 +79,9 @@ struct Slot {
     filed: Option<u64>,
     /// Whether the slot is listed in `Table::closing`.
     closing: bool,
+    /// Whether the entry is with a worker (queued for one, or being served): set when the timer
+    /// thread hands it over, cleared when it takes the worker's hand-back off the intake.
+    busy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -175,6 +178,25 @@ impl<C: Clock> Service<C> {
     /// The `silent_timer` mutant's hand-off: files the entry without waking the timer thread.
     pub(crate) fn file_silently(&self, link: &Link) {
         self.intake.push(link);
+    }
+
+    /// Has the timer thread look at `link`'s entry on its next turn, without pushing it: for
+    /// the handle's shutdown and drop, which must never push an entry that the timer may
+    /// remove (see `Table::refile`). `retire`: the handle is gone, and the entry is to be
+    /// removed once done.
+    pub(crate) fn look_again(&self, link: &Link, retire: bool) {
+        {
+            let mut table = sync::lock(&self.table);
+            if retire {
+                link.retire();
+            }
+            let index = link.index() as usize;
+            let ours = table.slots.get(index).and_then(|slot| slot.entry.as_ref());
+            if ours.is_some_and(|entry| core::ptr::eq(entry.link(), link)) {
+                table.keep_closing(index);
+            }
+        }
+        self.wake_timer();
     }
 
     /// Like `notify`, but wakes the timer thread in any case.
@@ -285,6 +307,9 @@ impl<C: Clock> Service<C> {
             };
             head = entry.link().next();
             entry.link().dequeue();
+            if entry.link().take_returned() {
+                table.slots[index].busy = false;
+            }
             table.refile(index, &entry, now, lead, out);
         }
         // What came due.
@@ -387,7 +412,7 @@ impl<C: Clock> Service<C> {
                 entry.report(payload);
             }
             let link = entry.link();
-            link.set_busy(false);
+            link.set_returned();
             self.notify(link);
             // The last reference to a throttle's work may go here.
             if let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(entry))) {
@@ -454,7 +479,7 @@ impl Table {
         out: &mut Outbox,
     ) {
         let link = entry.link();
-        if link.is_busy() {
+        if self.slots[index].busy {
             return; // its worker hands it back when done, and it is looked at then
         }
         let due = match catch_unwind(AssertUnwindSafe(|| entry.due_in())) {
@@ -470,7 +495,7 @@ impl Table {
         match due {
             Some(due) if due <= lead => {
                 self.unfile(index);
-                link.set_busy(true);
+                self.slots[index].busy = true;
                 out.ready.push(entry.clone());
                 return;
             }
@@ -495,6 +520,11 @@ impl Table {
             self.open -= 1;
             out.wake.extend(link.reach(DONE));
         }
+        // Removed only once its handle is gone (no call can push it any more), it is off
+        // every worker (`busy`, cleared when the timer thread took the worker's last push) and
+        // off the intake (a caller's push from before the drop is taken first): nothing can
+        // push it after its slot is freed for another entry. (Retired with Release after the
+        // handle's last action; read here with Acquire before `queued`.)
         if link.is_retired() && !link.is_queued() {
             out.removed.extend(self.remove(index));
             out.wake.extend(link.reach(REMOVED));
@@ -507,6 +537,7 @@ impl Table {
         let slot = &mut self.slots[index];
         let entry = slot.entry.take()?;
         slot.generation += 1;
+        slot.busy = false;
         self.live -= 1;
         if entry.link().stage() == OPEN {
             self.open -= 1;
