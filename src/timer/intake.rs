@@ -97,10 +97,13 @@ impl Link {
 
     /// Marks the entry as handed back by its worker, before the worker pushes it.
     pub(crate) fn set_returned(&self) {
-        // Release: the timer thread's AcqRel swap in `take_returned` sees what the worker did
-        // with the entry (its stamps, the job's `last_start`); the push that follows, or the
-        // one that found the entry queued, makes the timer thread look (see `dequeue`).
-        self.returned.store(true, Ordering::Release);
+        // AcqRel swap: Release lets the timer thread's swap in `take_returned` see what the
+        // worker did with the entry (its stamps, the job's `last_start`); the push that follows,
+        // or the one that found the entry queued, makes the timer thread look (see `dequeue`).
+        // A read-modify-write, like the timer thread's: every write to the flag is one, so they
+        // form a single chain. (A plain Release store would do in the memory model; loom 0.7
+        // let the timer thread's later swap read a value from before it.)
+        self.returned.swap(true, Ordering::AcqRel);
     }
 
     /// Whether a worker handed the entry back since the timer thread last looked; clears it.
@@ -205,7 +208,7 @@ impl Intake {
 
     /// Whether something is waiting on the stack: a hint for a timer thread about to sleep.
     pub(crate) fn has_entries(&self) -> bool {
-        // Relaxed: a hint; whoever pushed also unparks the timer thread.
+        // Relaxed: a hint; whoever pushed also unparks the timer thread, after the push.
         self.head.load(Ordering::Relaxed) != EMPTY
     }
 }

@@ -41,6 +41,9 @@ pub(crate) struct Service<C> {
     pool: Pool,
     /// Set by `SharedTimer::shutdown` or when the last handle goes.
     stopping: AtomicBool,
+    /// Set by whoever puts an entry on the closing list (a throttle's shutdown or drop), which
+    /// is not on the intake: the timer thread takes another turn before it sleeps.
+    attention: AtomicBool,
     /// Set by the timer thread once every entry is done, or when it ends.
     stopped: AtomicBool,
     /// The timer thread, then the workers.
@@ -119,6 +122,7 @@ impl<C: Clock> Service<C> {
             table: Mutex::new(Table::default()),
             pool: Pool::new(),
             stopping: AtomicBool::new(false),
+            attention: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             threads: std::sync::OnceLock::new(),
         }
@@ -162,7 +166,7 @@ impl<C: Clock> Service<C> {
             table.stop_seen
         };
         if stop_seen {
-            self.wake_timer();
+            self.call_attention();
         }
         true
     }
@@ -196,7 +200,27 @@ impl<C: Clock> Service<C> {
                 table.keep_closing(index);
             }
         }
+        self.call_attention();
+    }
+
+    /// Has the timer thread take another turn: for changes it finds in its table, not on the
+    /// intake.
+    fn call_attention(&self) {
+        // Release: pairs with the Acquire loads in `needs_turn` and the swap in `turn`; the
+        // table's lock orders what changed.
+        self.attention.store(true, Ordering::Release);
         self.wake_timer();
+    }
+
+    /// Whether something came up since the timer thread's last turn began: checked right
+    /// before it sleeps, so that it does not depend on the park token of a wake-up that came
+    /// during the turn. (The token would do with std's threads; loom drops a token when the
+    /// thread then blocks on a lock or yields, and nothing is lost by looking.)
+    fn needs_turn(&self, stop_seen: bool) -> bool {
+        // Acquire: pairs with the Release store in `call_attention`.
+        self.intake.has_entries()
+            || self.attention.load(Ordering::Acquire)
+            || (!stop_seen && self.is_stopping())
     }
 
     /// Like `notify`, but wakes the timer thread in any case.
@@ -286,6 +310,9 @@ impl<C: Clock> Service<C> {
 
     /// One turn of the timer thread; `None` once the service has stopped.
     fn turn(&self, out: &mut Outbox) -> Option<Sleep> {
+        // AcqRel: Acquire pairs with the Release store in `call_attention`; a request made
+        // after this swap sets the flag again, for the next turn.
+        self.attention.swap(false, Ordering::AcqRel);
         let mut table = sync::lock(&self.table);
         let now = self.clock.now_nanos();
         let lead = self.lead;
@@ -375,6 +402,9 @@ impl<C: Clock> Service<C> {
     /// Waits until the next entry needs a worker, something is handed over, or, while an entry
     /// waits for a grace, [`MAX_SLICE`] of real time has passed.
     fn sleep(&self, sleep: &Sleep) {
+        if self.needs_turn(sleep.stop_seen) {
+            return;
+        }
         let Some(until) = sleep.until else {
             // Nothing filed: no reason to wait on the clock (a manual clock would jump to the
             // deadline of a waiter).
@@ -388,8 +418,7 @@ impl<C: Clock> Service<C> {
         let started = Stopwatch::start();
         let bound = sleep.bounded.then_some(MAX_SLICE);
         wait::block_on_deadline(&self.clock, None, bound, || {
-            let interrupted = self.intake.has_entries()
-                || (!sleep.stop_seen && self.is_stopping())
+            let interrupted = self.needs_turn(sleep.stop_seen)
                 || (sleep.bounded && started.has_elapsed(MAX_SLICE));
             if interrupted || self.clock.now_nanos() >= until {
                 Look::Done(())
