@@ -353,6 +353,26 @@ impl<C: Clock> SharedTimer<C> {
         self.owner.stop();
     }
 
+    /// Starts what [`shutdown`](SharedTimer::shutdown) does and returns at once, without
+    /// waiting for the throttles or the threads: for a caller that must not block (an async
+    /// task, a signal handler's thread). [`is_running`](SharedTimer::is_running) turns false
+    /// once every throttle is closed; the threads end on their own then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::SharedTimer;
+    ///
+    /// let timer = SharedTimer::new();
+    /// timer.request_shutdown();
+    /// while timer.is_running() {
+    ///     std::thread::yield_now();
+    /// }
+    /// ```
+    pub fn request_shutdown(&self) {
+        self.owner.service.request_stop();
+    }
+
     /// Whether the timer's threads are running: false once it has been shut down (or its timer
     /// thread ended some other way).
     ///
