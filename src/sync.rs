@@ -152,6 +152,9 @@ pub(crate) enum Mutant {
     EvictPending,
     /// `AsyncThrottled` gives a cancelled owner's deferral up instead of handing it on.
     NoHandOff,
+    /// A detached throttle's caller that sees the throttle closed answers Closed without
+    /// checking that it took its run back (the serving side's last look may have run it).
+    BlindTakeBack,
 }
 
 #[cfg(loom)]
@@ -172,6 +175,7 @@ const MUTANTS: &[(&str, Mutant)] = &[
     ("silent_timer", Mutant::SilentTimer),
     ("evict_pending", Mutant::EvictPending),
     ("no_hand_off", Mutant::NoHandOff),
+    ("blind_take_back", Mutant::BlindTakeBack),
 ];
 
 #[cfg(loom)]

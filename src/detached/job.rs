@@ -267,7 +267,8 @@ where
                     // Nobody left to run it: give it up rather than strand it. If that finds it
                     // gone, the serving side's last look took it after all (it runs, unless the
                     // shutdown policy gives it up): the call was handed over.
-                    if self.throttle.word().release(word) {
+                    let took_back = self.throttle.word().release(word);
+                    if took_back || sync::is_mutant(sync::mutant!(BlindTakeBack)) {
                         return Dispatch::Closed;
                     }
                     return Dispatch::Deferred;
