@@ -266,10 +266,10 @@ fn mix(c: &mut Criterion) {
                 }
                 Admission::Deferred(deferral) => {
                     let start = Instant::now();
-                    deferral.run(work);
+                    deferral.run(work).expect("nobody cancels");
                     Some(start.elapsed())
                 }
-                Admission::Coalesced => None,
+                Admission::Coalesced | Admission::Suppressed { .. } => None,
             })
         })
     });
@@ -316,7 +316,9 @@ fn lateness() {
                 continue;
             };
             let deadline = deferral.deadline();
-            let started = deferral.run(|| atomic_throttle::Clock::now_nanos(&clock));
+            let started = deferral
+                .run(|| atomic_throttle::Clock::now_nanos(&clock))
+                .expect("nobody cancels");
             late.push(started.saturating_sub(deadline));
         }
         print_lateness(spin, late, "");
