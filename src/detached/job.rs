@@ -115,6 +115,8 @@ impl<F, C: Clock> Job<F, C> {
     /// either what the serving side looks at after this sees the caller's hand-off, or the
     /// caller sees the job closed and takes its run back.
     pub(super) fn close(&self) {
+        // SeqCst, then a SeqCst fence: the store-buffering handshake with the fence and load
+        // in `closed_after_hand_off` (the serving side's loads after the fence are its look).
         self.stopped.store(true, Ordering::SeqCst);
         sync::fence_seq_cst();
     }
@@ -128,6 +130,8 @@ impl<F, C: Clock> Job<F, C> {
     /// Whether the job was closed, looked at after a hand-off; see `close`.
     fn closed_after_hand_off(&self) -> bool {
         sync::fence_seq_cst();
+        // SeqCst, after a SeqCst fence: pairs with the store and fence in `close`; the
+        // hand-off this follows (an AcqRel CAS or a Release fetch_add) comes before the fence.
         self.stopped.load(Ordering::SeqCst)
     }
 

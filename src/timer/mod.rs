@@ -41,6 +41,13 @@ use std::sync::Arc;
 /// for the work you expect to be slow; a throttle whose work may hang for good is best given
 /// its own timer thread (the default when no shared timer is set).
 ///
+/// **Capacity.** A worker holds each run from the moment the timer thread hands it over, a lead
+/// before its deadline, until the work returns: on the [`DefaultClock`] it parks, then
+/// busy-waits the clock's last [`spin`](DefaultClock::spin) to start the work on time. So `n`
+/// workers start at most about `n / lead` runs a second on time (10,000 with the defaults),
+/// fewer with slow work; deadlines that come closer together than that queue for a worker and
+/// run late by the wait.
+///
 /// **Clocks.** The throttles registered with a timer must read the same time as its clock:
 /// clones of one [`ManualClock`](crate::ManualClock), or the [`DefaultClock`], which every
 /// throttle shares. Each run is still stamped on its own throttle's clock, so spacing never
