@@ -417,7 +417,9 @@ impl<C: Clock> Service<C> {
         };
         let started = Stopwatch::start();
         let bound = sleep.bounded.then_some(MAX_SLICE);
-        wait::block_on_deadline(&self.clock, None, bound, || {
+        // No busy-wait here: a worker gets the entry a lead early and waits out the rest on
+        // the clock, precisely; this thread only has to be roughly on time.
+        wait::park_on_deadline(&self.clock, bound, || {
             let interrupted = self.needs_turn(sleep.stop_seen)
                 || (sleep.bounded && started.has_elapsed(MAX_SLICE));
             if interrupted || self.clock.now_nanos() >= until {
