@@ -152,7 +152,7 @@ pub(crate) trait Entry: Send + Sync {
 
 impl SharedTimer<DefaultClock> {
     /// A shared timer on the [`DefaultClock`] with [`SharedTimerBuilder::DEFAULT_WORKERS`]
-    /// workers.
+    /// workers and a [`SharedTimerBuilder::DEFAULT_LEAD`].
     ///
     /// # Panics
     ///
@@ -186,8 +186,8 @@ impl SharedTimer<DefaultClock> {
     pub fn builder() -> SharedTimerBuilder<DefaultClock> {
         SharedTimerBuilder {
             clock: DefaultClock::new(),
-            workers: SharedTimerBuilder::<DefaultClock>::DEFAULT_WORKERS,
-            lead: SharedTimerBuilder::<DefaultClock>::DEFAULT_LEAD,
+            workers: SharedTimerBuilder::DEFAULT_WORKERS,
+            lead: SharedTimerBuilder::DEFAULT_LEAD,
         }
     }
 }
@@ -199,13 +199,15 @@ impl Default for SharedTimer<DefaultClock> {
     }
 }
 
-impl<C: Clock> SharedTimerBuilder<C> {
+impl SharedTimerBuilder<DefaultClock> {
     /// The number of workers unless set: two.
     pub const DEFAULT_WORKERS: usize = 2;
 
     /// The lead unless set: 200 us.
     pub const DEFAULT_LEAD: Duration = Duration::from_micros(200);
+}
 
+impl<C: Clock> SharedTimerBuilder<C> {
     /// The clock the timer thread waits on; [`DefaultClock`] unless set. The throttles
     /// registered with the timer must read the same time (clones of this clock).
     ///
@@ -227,7 +229,8 @@ impl<C: Clock> SharedTimerBuilder<C> {
         }
     }
 
-    /// How many workers start the work; [`DEFAULT_WORKERS`](Self::DEFAULT_WORKERS) unless set.
+    /// How many workers start the work; [`DEFAULT_WORKERS`](SharedTimerBuilder::DEFAULT_WORKERS)
+    /// unless set.
     /// While fewer than this many works are slow or hung at once, they delay no other
     /// throttle's runs (see [`SharedTimer`], "Slow work").
     ///
@@ -243,10 +246,12 @@ impl<C: Clock> SharedTimerBuilder<C> {
     }
 
     /// How long before a run's deadline the timer thread hands it to a worker, which waits out
-    /// the rest itself; [`DEFAULT_LEAD`](Self::DEFAULT_LEAD) unless set. It hides the time a
-    /// parked worker takes to wake up: a lead shorter than that makes runs late by the
-    /// difference, and a longer one keeps a worker waiting for longer (on the
-    /// [`DefaultClock`], busy-waiting its last [`spin`](DefaultClock::spin)).
+    /// the rest itself; [`DEFAULT_LEAD`](SharedTimerBuilder::DEFAULT_LEAD) unless set. It hides
+    /// the time the timer thread and then a parked worker take to wake up: a lead shorter than
+    /// that makes runs late by the difference, and a longer one holds a worker for longer (on
+    /// the [`DefaultClock`], parked, then busy-waiting its last [`spin`](DefaultClock::spin)),
+    /// which lowers the rate of runs the workers can start on time (see [`SharedTimer`],
+    /// "Capacity").
     ///
     /// # Examples
     ///
