@@ -41,12 +41,13 @@ use std::sync::Arc;
 /// for the work you expect to be slow; a throttle whose work may hang for good is best given
 /// its own timer thread (the default when no shared timer is set).
 ///
-/// **Capacity.** A worker holds each run from the moment the timer thread hands it over, a lead
-/// before its deadline, until the work returns: on the [`DefaultClock`] it parks, then
-/// busy-waits the clock's last [`spin`](DefaultClock::spin) to start the work on time. So `n`
-/// workers start at most about `n / lead` runs a second on time (10,000 with the defaults),
-/// fewer with slow work; deadlines that come closer together than that queue for a worker and
-/// run late by the wait.
+/// **Capacity.** A worker holds one run at a time, from the moment it takes it (at most a lead
+/// before its deadline; on the [`DefaultClock`] it parks, then busy-waits the clock's last
+/// [`spin`](DefaultClock::spin)) until its work returns. Runs that find no worker free wait
+/// for one in the order they came due. A run starts late only if, at its deadline, every worker
+/// still holds another run: its work running, or waiting for a deadline of its own. With quick
+/// work, `n` workers keep every run on time as long as no more than `n` deadlines fall within
+/// any one lead.
 ///
 /// **Clocks.** The throttles registered with a timer must read the same time as its clock:
 /// clones of one [`ManualClock`](crate::ManualClock), or the [`DefaultClock`], which every
