@@ -6,6 +6,8 @@
 
 #[path = "support/expected_panics.rs"]
 mod expected_panics;
+#[path = "support/stamp_clock.rs"]
+mod stamp_clock;
 #[path = "support/wait_for.rs"]
 mod wait_for;
 
@@ -14,6 +16,7 @@ use atomic_throttle::{
     Throttle,
 };
 use expected_panics::{expected, explosive, Expected};
+use stamp_clock::{last_reading, StampClock};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -606,21 +609,23 @@ fn work_starts_on_the_workers_are_spaced_by_the_threshold_under_load() {
 }
 
 /// Two thousand throttles on one timer, each with a leading and a deferred run: every run
-/// happens, each throttle's two starts are a threshold apart, and dropping them all leaves the
+/// happens, each throttle's two runs are stamped a threshold apart (the stamps themselves: a
+/// worker's last clock reading before the work is its stamp), and dropping them all leaves the
 /// timer with nothing registered.
 #[test]
 fn two_thousand_throttles_on_one_timer() {
     const N: usize = 2000;
     const T: Duration = Duration::from_millis(20);
-    const SLACK: Duration = Duration::from_micros(200);
-    let timer = SharedTimer::new();
-    let starts: Vec<Readings> = (0..N).map(|_| Readings::default()).collect();
-    let jobs: Vec<_> = starts
+    let clock = StampClock(DefaultClock::new());
+    let timer = SharedTimer::builder().clock(clock).spawn().unwrap();
+    let stamps: Vec<Readings> = (0..N).map(|_| Readings::default()).collect();
+    let jobs: Vec<_> = stamps
         .iter()
-        .map(|starts| {
-            Detached::builder(Throttle::new(T))
+        .map(|stamps| {
+            let stamps = stamps.clone();
+            Detached::builder(Throttle::with_clock(T, clock).unwrap())
                 .timer(&timer)
-                .spawn(recording(starts))
+                .spawn(move || stamps.push(last_reading()))
                 .unwrap()
         })
         .collect();
@@ -631,17 +636,17 @@ fn two_thousand_throttles_on_one_timer() {
         assert_eq!(job.call(), Dispatch::Coalesced);
     }
     wait_for(
-        || starts.iter().all(|s| s.len() == 2),
+        || stamps.iter().all(|s| s.len() == 2),
         "every throttle's two runs",
     );
-    for (i, starts) in starts.iter().enumerate() {
-        let (closest, close) = starts.closest(T - SLACK);
-        assert_eq!(close, 0, "throttle {i}: starts {closest} ns apart");
+    for (i, stamps) in stamps.iter().enumerate() {
+        let (closest, close) = stamps.closest(T);
+        assert_eq!(close, 0, "throttle {i}: stamps {closest} ns apart");
     }
     assert!(jobs.iter().all(|job| !job.is_pending()));
     drop(jobs);
     assert_eq!(timer.throttles(), 0);
-    assert!(starts.iter().all(|s| s.len() == 2), "a run too many");
+    assert!(stamps.iter().all(|s| s.len() == 2), "a run too many");
 }
 
 /// Flush, cancel and a new threshold reach a deferral that waits on the shared timer.
