@@ -6,13 +6,14 @@ use crate::counters::Stats;
 use crate::covered::{self, Completions, Seen};
 use crate::deferral::Revoked;
 use crate::error::ThresholdError;
-use crate::sync::{self, Arc, Ordering};
+use crate::sync::{self, Ordering};
 use crate::throttle::{Admission, Throttle};
 use crate::throttled::Outcome;
 use core::fmt;
 use core::future::Future;
 use core::task::Poll;
 use core::time::Duration;
+use std::sync::Arc;
 
 /// A blocking job for [`Runtime::spawn_blocking`].
 pub type Job = Box<dyn FnOnce() + Send>;

@@ -408,7 +408,7 @@ impl<T: ThrottleRef> Drop for Deferral<T> {
     fn drop(&mut self) {
         let release = !self.spent || crate::sync::is_mutant(crate::sync::mutant!(ReleaseAfterRun));
         if release {
-            self.throttle.word().release(self.word);
+            let _ = self.throttle.word().release(self.word);
         }
     }
 }

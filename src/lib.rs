@@ -121,6 +121,7 @@ mod state;
 mod sync;
 mod throttle;
 mod throttled;
+mod timer;
 mod wait;
 mod word;
 
@@ -136,6 +137,7 @@ pub use crate::latest::Latest;
 pub use crate::state::Mode;
 pub use crate::throttle::{Admission, OwnedAdmission, Throttle, ThrottleBuilder, ThrottleRef};
 pub use crate::throttled::{Outcome, Throttled};
+pub use crate::timer::{SharedTimer, SharedTimerBuilder};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

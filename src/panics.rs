@@ -4,15 +4,15 @@
 use core::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// A panic hook: receives the payload of each panic the work raises.
-pub(crate) type PanicHook = Box<dyn Fn(&(dyn Any + Send)) + Send + Sync>;
+/// What a panic hook does: receives the payload of each panic the work raises.
+pub(crate) type HookFn = dyn Fn(&(dyn Any + Send)) + Send + Sync;
+
+/// A panic hook, as a detached throttle keeps it.
+pub(crate) type PanicHook = Box<HookFn>;
 
 /// Hands a caught panic's payload to `hook`, then disposes of it; a panic in the hook, or in
 /// dropping either payload, is caught too.
-pub(crate) fn report(
-    hook: Option<&(dyn Fn(&(dyn Any + Send)) + Send + Sync)>,
-    payload: Box<dyn Any + Send>,
-) {
+pub(crate) fn report(hook: Option<&HookFn>, payload: Box<dyn Any + Send>) {
     if let Some(hook) = hook {
         if let Err(from_hook) = catch_unwind(AssertUnwindSafe(|| hook(&*payload))) {
             dispose(from_hook);

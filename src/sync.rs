@@ -1,21 +1,23 @@
 //! The only module that names the atomic types, locks, threads and waits.
 //!
-//! Under `cfg(loom)` every atomic, `Arc`, lock, park, yield and wait goes through loom so that
-//! its model checker sees each of them; otherwise they are `core`/`std`'s own. No other file
+//! Under `cfg(loom)` every atomic, lock, park, yield and wait goes through loom so that its
+//! model checker sees each of them; otherwise they are `core`/`std`'s own. No other file
 //! imports them directly (tokio's `src/loom/` and crossbeam's `primitive` module work the same
-//! way).
+//! way). Reference counts stay `std`'s `Arc`: a detached throttle's job is shared as an
+//! `Arc<dyn Entry>` with a shared timer, a coercion loom's `Arc` cannot make, and no model
+//! checks a count.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::{Arc, Mutex};
+pub(crate) use loom::sync::Mutex;
 #[cfg(loom)]
 pub(crate) use loom::thread::{current, park, Builder as ThreadBuilder, JoinHandle, Thread};
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Arc, Mutex};
+pub(crate) use std::sync::Mutex;
 #[cfg(not(loom))]
 pub(crate) use std::thread::{current, park, Builder as ThreadBuilder, JoinHandle, Thread};
 
@@ -151,6 +153,9 @@ pub(crate) enum Mutant {
     EvictPending,
     /// `AsyncThrottled` gives a cancelled owner's deferral up instead of handing it on.
     NoHandOff,
+    /// A detached throttle's caller that sees the throttle closed answers Closed without
+    /// checking that it took its run back (the serving side's last look may have run it).
+    BlindTakeBack,
 }
 
 #[cfg(any(loom, atomic_throttle_mutants))]
@@ -171,6 +176,7 @@ const MUTANTS: &[(&str, Mutant)] = &[
     ("silent_timer", Mutant::SilentTimer),
     ("evict_pending", Mutant::EvictPending),
     ("no_hand_off", Mutant::NoHandOff),
+    ("blind_take_back", Mutant::BlindTakeBack),
 ];
 
 #[cfg(any(loom, atomic_throttle_mutants))]

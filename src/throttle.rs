@@ -255,7 +255,7 @@ impl<C: Clock> ThrottleBuilder<C> {
 
     /// Lets a deferral that is not stamped by `deadline + lease` be taken over: the next
     /// admission after that answers [`Admission::Now`] and runs in its place, and the
-    /// abandoned owner, if it ever returns, is refused ([`Revoked::TakenOver`]). This closes
+    /// abandoned owner, if it ever returns, is refused ([`Revoked::TakenOver`](crate::Revoked::TakenOver)). This closes
     /// the one way to strand a deferral that no destructor can: an owner that never comes
     /// back (leaked with `mem::forget`, blocked forever, stuck behind a hung lock).
     ///
@@ -808,7 +808,7 @@ impl<C: Clock> Throttle<C> {
     /// window, Now past it). (The 128th cancel inside one window, counted since its run, also
     /// moves the window's start 1 us later: see the README's "Implementation".) The owner learns it without polling: a blocked
     /// [`run`](Deferral::run) or an async wait is woken and returns
-    /// [`Revoked::Cancelled`] without running the work, and
+    /// [`Revoked::Cancelled`](crate::Revoked::Cancelled) without running the work, and
     /// [`try_run`](Deferral::try_run) says so. Coalesced callers that the deferral covered
     /// are no longer covered (that is what cancelling means). Idempotent; never blocks.
     ///

@@ -138,6 +138,36 @@ pub(crate) fn block_on_deadline<C: Clock, T>(
     clock: &C,
     slot: Option<&WakeSlot>,
     bound: Option<Duration>,
+    look: impl FnMut() -> Look<T>,
+) -> T {
+    block(clock, slot, bound, Precision::Clock, look)
+}
+
+/// Like [`block_on_deadline`], for a waiter that needs no precision (a shared timer's thread,
+/// whose workers start the runs): a real-time wait parks on the OS's timer for the whole
+/// remaining time, without [`Clock::sleep`], which may busy-wait the end of it.
+pub(crate) fn park_on_deadline<C: Clock, T>(
+    clock: &C,
+    bound: Option<Duration>,
+    look: impl FnMut() -> Look<T>,
+) -> T {
+    block(clock, None, bound, Precision::Os, look)
+}
+
+/// How a real-time wait sleeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Precision {
+    /// Through the clock's `sleep`, as precisely as it can.
+    Clock,
+    /// Parked on the OS's timer, a few tens of microseconds late.
+    Os,
+}
+
+fn block<C: Clock, T>(
+    clock: &C,
+    slot: Option<&WakeSlot>,
+    bound: Option<Duration>,
+    precision: Precision,
     mut look: impl FnMut() -> Look<T>,
 ) -> T {
     let waker = thread_waker();
@@ -164,7 +194,10 @@ pub(crate) fn block_on_deadline<C: Clock, T>(
                     Some(bound) => remaining.min(bound),
                     None => remaining,
                 };
-                clock.sleep(remaining);
+                match precision {
+                    Precision::Clock => clock.sleep(remaining),
+                    Precision::Os => sync::park_timeout(remaining),
+                }
             }
         }
     }

@@ -365,14 +365,14 @@ impl<C: Clock> Word<'_, C> {
 
     /// Gives up the deferral whose owner installed `word`: clears "pending" only if the word is
     /// still exactly that one (flushed or not). If it was stamped, cancelled or taken over,
-    /// this changes nothing.
-    pub(crate) fn release(&self, word: u64) {
+    /// this changes nothing. Says whether it released it.
+    pub(crate) fn release(&self, word: u64) -> bool {
         if sync::is_mutant(sync::mutant!(NoRelease)) {
-            return;
+            return false;
         }
         if sync::is_mutant(sync::mutant!(BlindRelease)) {
             self.state.fetch_and(!state::PENDING, Ordering::AcqRel);
-            return;
+            return true;
         }
         for current in [word, word | state::FLUSH] {
             // AcqRel: Release publishes what the owner did before giving up to the next caller
@@ -390,9 +390,10 @@ impl<C: Clock> Word<'_, C> {
                 .is_ok()
             {
                 self.core.count(|stats| &stats.releases);
-                return;
+                return true;
             }
         }
+        false
     }
 
     /// Withdraws the pending deferral and wakes its owner; whether one was pending.

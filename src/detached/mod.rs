@@ -1,20 +1,21 @@
-//! A detached throttle: deferred runs happen on a timer thread, so callers never wait.
+//! A detached throttle: deferred runs happen on a timer thread (its own, or a shared timer's
+//! workers), so callers never wait.
+
+mod job;
+mod own_thread;
 
 use crate::clock::{Clock, DefaultClock};
 use crate::counters::Stats;
 use crate::error::ThresholdError;
-use crate::panics::{self, PanicHook};
-use crate::state;
-use crate::sync::{self, Arc, AtomicBool, AtomicU64, JoinHandle, Ordering, Stopwatch, Thread};
-use crate::throttle::{Admission, Throttle};
-use crate::wait::{self, Look};
+use crate::panics::PanicHook;
+use crate::sync::{self, JoinHandle};
+use crate::throttle::Throttle;
+use crate::timer::{SharedTimer, MAX_SLICE};
 use core::fmt;
 use core::time::Duration;
+use job::{Driver, Job};
 use std::any::Any;
-
-/// The longest the timer thread sleeps in one go, so that it notices the end of a shutdown
-/// grace, which nothing wakes it for.
-const MAX_SLICE: Duration = Duration::from_millis(50);
+use std::sync::Arc;
 
 /// A throttle that owns its work and a timer thread: [`call`](Detached::call) never waits.
 ///
@@ -23,6 +24,14 @@ const MAX_SLICE: Duration = Duration::from_millis(50);
 /// thread too (the default) or on the calling thread ([`LeadingRun::Inline`]). Since no caller
 /// ever owns a deferral, no caller can strand one: every Coalesced call is covered by a run,
 /// even when callers panic.
+///
+/// **Its own thread, or a shared timer.** By default each detached throttle has a timer
+/// thread of its own, which isolates it from every other throttle's work. Many throttles
+/// (per key, per call site) can share one [`SharedTimer`] instead, through
+/// [`DetachedBuilder::timer`]: one timer thread and a few workers for all of them. Everything
+/// said here about "the timer thread" then holds for the worker that serves the throttle's
+/// run (one at a time, so a throttle's runs never overlap); the differences are in
+/// [`DetachedBuilder::timer`].
 ///
 /// **Spacing of the work itself.** The timer thread stamps each run when it starts the work,
 /// and starts no work less than the threshold after the last work it started: however late it
@@ -47,7 +56,8 @@ const MAX_SLICE: Duration = Duration::from_millis(50);
 /// it. A pending deferred run is run at its deadline first, or given up, as [`Shutdown`] says,
 /// and either way within the [shutdown grace](DetachedBuilder::shutdown_grace) of real time.
 /// Dropping the last handle on the timer thread itself (from inside the work) stops it without
-/// joining.
+/// joining. On a shared timer, shutting down waits until the throttle is done instead (and
+/// dropping, until the timer has let go of it), and the timer's threads go on serving the others.
 ///
 /// # Examples
 ///
@@ -71,8 +81,16 @@ const MAX_SLICE: Duration = Duration::from_millis(50);
 /// assert_eq!(runs.load(Relaxed), 2);
 /// ```
 pub struct Detached<F, C: Clock = DefaultClock> {
-    shared: Arc<Shared<F, C>>,
-    join: std::sync::Mutex<Option<JoinHandle<()>>>,
+    job: Arc<Job<F, C>>,
+    backend: Backend<C>,
+}
+
+/// What serves a detached throttle's runs, as its handle holds it.
+enum Backend<C: Clock> {
+    /// Its own timer thread, to join when it stops.
+    Own(std::sync::Mutex<Option<JoinHandle<()>>>),
+    /// A shared timer, kept running while the handle lives.
+    Shared(SharedTimer<C>),
 }
 
 /// What [`Detached::call`] did with a call.
@@ -183,26 +201,7 @@ pub struct DetachedBuilder<C: Clock = DefaultClock> {
     shutdown: Shutdown,
     grace: Duration,
     on_panic: Option<PanicHook>,
-}
-
-struct Shared<F, C: Clock> {
-    throttle: Throttle<C>,
-    work: F,
-    leading: LeadingRun,
-    shutdown: Shutdown,
-    grace: Duration,
-    on_panic: Option<PanicHook>,
-    /// Leading runs answered to callers, for the timer thread to run.
-    leading_requested: AtomicU64,
-    /// Whether callers admit with `admit_publishing`.
-    publishing: bool,
-    /// Set by `shutdown` (or dropping the handle).
-    stopping: AtomicBool,
-    /// Set when the timer thread has ended (or could not start).
-    stopped: AtomicBool,
-    panics: AtomicU64,
-    /// The timer thread, to wake on a hand-off.
-    timer: std::sync::OnceLock<Thread>,
+    timer: Option<SharedTimer<C>>,
 }
 
 impl<F> Detached<F>
@@ -259,6 +258,7 @@ impl Detached<()> {
             shutdown: Shutdown::default(),
             grace: DetachedBuilder::<C>::DEFAULT_GRACE,
             on_panic: None,
+            timer: None,
         }
     }
 }
@@ -365,7 +365,43 @@ impl<C: Clock> DetachedBuilder<C> {
         self
     }
 
-    /// Starts the timer thread and returns the handle.
+    /// Serves the throttle on `timer`, a [`SharedTimer`] that many throttles share, instead of
+    /// a timer thread of its own (the default). Its runs are then started by the timer's
+    /// workers: the deferred runs, and the leading runs too with [`LeadingRun::OnTimer`].
+    ///
+    /// Everything else stays as it is: calls never wait, the work's starts are spaced by the
+    /// threshold (and one throttle's runs never overlap), panics are caught, every Coalesced
+    /// call is covered, and shutting the throttle down (or dropping it) follows its
+    /// [`Shutdown`] policy within its grace; so does shutting the whole timer down. Besides
+    /// the work that is running, a shutdown can also wait for a free worker while every worker
+    /// is busy with other throttles' work. Called on one of the timer's own threads (from
+    /// inside a work), [`shutdown`](Detached::shutdown) and dropping the handle do not wait.
+    ///
+    /// The throttle's clock must read the same time as the timer's (see [`SharedTimer`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use atomic_throttle::{Detached, Dispatch, SharedTimer, Throttle};
+    /// use std::time::Duration;
+    ///
+    /// let timer = SharedTimer::new();
+    /// let job = Detached::builder(Throttle::new(Duration::from_millis(5)))
+    ///     .timer(&timer)
+    ///     .spawn(|| println!("on one of the timer's workers"))?;
+    /// assert_eq!(job.call(), Dispatch::Leading);
+    /// assert_eq!(job.call(), Dispatch::Deferred);
+    /// drop(job); // runs the pending call at its deadline
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn timer(mut self, timer: &SharedTimer<C>) -> Self {
+        self.timer = Some(timer.clone());
+        self
+    }
+
+    /// Starts the timer thread (or registers with the shared timer) and returns the handle.
+    /// On a shared timer that has shut down, the handle is closed from the start: every call is
+    /// answered [`Dispatch::Closed`].
     ///
     /// # Errors
     ///
@@ -385,31 +421,43 @@ impl<C: Clock> DetachedBuilder<C> {
         F: Fn() + Send + Sync + 'static,
         C: Send + Sync + 'static,
     {
-        let shared = Arc::new(Shared {
-            throttle: self.throttle,
-            work,
-            leading: self.leading,
-            shutdown: self.shutdown,
-            grace: self.grace,
-            on_panic: self.on_panic,
-            leading_requested: AtomicU64::new(0),
-            publishing: self.publishing,
-            stopping: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-            panics: AtomicU64::new(0),
-            timer: std::sync::OnceLock::new(),
-        });
-        let join = sync::ThreadBuilder::new()
-            .name("atomic-throttle-timer".into())
-            .spawn({
-                let shared = shared.clone();
-                move || shared.serve()
-            })?;
-        let _ = shared.timer.set(join.thread().clone());
-        Ok(Detached {
-            shared,
-            join: std::sync::Mutex::new(Some(join)),
-        })
+        let DetachedBuilder {
+            throttle,
+            publishing,
+            leading,
+            shutdown,
+            grace,
+            on_panic,
+            timer,
+        } = self;
+        let driver = match &timer {
+            Some(timer) => Driver::Shared(timer.service().clone()),
+            None => Driver::Own(std::sync::OnceLock::new()),
+        };
+        let job = Arc::new(Job::new(
+            throttle, work, leading, shutdown, grace, on_panic, publishing, driver,
+        ));
+        let backend = match timer {
+            Some(timer) => {
+                if !timer.service().install(job.clone()) {
+                    job.close(); // the timer has stopped: closed from the start
+                }
+                Backend::Shared(timer)
+            }
+            None => {
+                let join = sync::ThreadBuilder::new()
+                    .name("atomic-throttle-timer".into())
+                    .spawn({
+                        let job = job.clone();
+                        move || own_thread::serve(&job)
+                    })?;
+                if let Driver::Own(thread) = &job.driver {
+                    let _ = thread.set(join.thread().clone());
+                }
+                Backend::Own(std::sync::Mutex::new(Some(join)))
+            }
+        };
+        Ok(Detached { job, backend })
     }
 }
 
@@ -439,54 +487,7 @@ where
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn call(&self) -> Dispatch {
-        let shared = &*self.shared;
-        let admission = if shared.publishing {
-            shared.throttle.admit_publishing()
-        } else {
-            shared.throttle.admit()
-        };
-        match admission {
-            Admission::Coalesced => Dispatch::Coalesced,
-            Admission::Suppressed { .. } => Dispatch::Suppressed,
-            Admission::Now => match shared.leading {
-                LeadingRun::Inline => {
-                    shared.run_work();
-                    Dispatch::Leading
-                }
-                LeadingRun::OnTimer => {
-                    // Release: the timer thread's swap (Acquire) sees this caller's writes
-                    // before the call, as the work on an inline run would.
-                    shared.leading_requested.fetch_add(1, Ordering::Release);
-                    if shared.closed_after_hand_off() {
-                        // Take the run back, unless the timer thread's last look took it.
-                        let took_back = shared
-                            .leading_requested
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-                            .is_ok();
-                        if took_back {
-                            return Dispatch::Closed;
-                        }
-                    }
-                    shared.hand_off();
-                    Dispatch::Leading
-                }
-            },
-            Admission::Deferred(deferral) => {
-                // The timer thread owns the deferral from here: it finds the claimed word in
-                // the state, which only it changes while the deferral is pending (besides a
-                // cancel or flush, which wake it). That holds because the throttle is private
-                // to this handle: every claim goes through here and is handed over.
-                let word = deferral.disown();
-                if shared.closed_after_hand_off() {
-                    // No timer thread to run it: give it up rather than strand it (if the
-                    // timer thread's last look already ran it, this changes nothing).
-                    shared.throttle.word().release(word);
-                    return Dispatch::Closed;
-                }
-                shared.hand_off();
-                Dispatch::Deferred
-            }
-        }
+        self.job.call()
     }
 
     /// Runs the pending deferred run now instead of at its deadline (on the timer thread);
@@ -504,7 +505,11 @@ where
     /// # drop(job);
     /// ```
     pub fn flush(&self) -> bool {
-        self.shared.throttle.flush()
+        let flushed = self.job.throttle.flush();
+        if flushed {
+            self.job.nudge();
+        }
+        flushed
     }
 
     /// Gives the pending deferred run up; returns whether one was pending. See
@@ -522,7 +527,11 @@ where
     /// assert!(!job.is_pending());
     /// ```
     pub fn cancel(&self) -> bool {
-        self.shared.throttle.cancel()
+        let cancelled = self.job.throttle.cancel();
+        if cancelled {
+            self.job.nudge();
+        }
+        cancelled
     }
 
     /// Stops the timer thread and waits for it, through a shared reference (a `static`
@@ -530,6 +539,10 @@ where
     /// within the shutdown grace. Later calls are answered [`Dispatch::Closed`]. Idempotent.
     /// Called on the timer thread itself (from inside the work), it asks the thread to stop
     /// and returns without waiting.
+    ///
+    /// On a [`SharedTimer`], it waits until the throttle is done (its pending run run or given
+    /// up) and leaves the timer serving the others; called on one of the timer's threads, it
+    /// asks and returns without waiting.
     ///
     /// # Examples
     ///
@@ -545,7 +558,7 @@ where
     /// assert!(!job.is_running());
     /// ```
     pub fn shutdown(&self) {
-        self.shared.stop(&self.join);
+        self.stop(false);
     }
 
     /// The threshold of the throttle that decides the calls.
@@ -562,7 +575,7 @@ where
     /// assert_eq!(job.threshold(), Duration::from_millis(20));
     /// ```
     pub fn threshold(&self) -> Duration {
-        self.shared.throttle.threshold()
+        self.job.throttle.threshold()
     }
 
     /// Changes the threshold; see [`Throttle::set_threshold`].
@@ -582,7 +595,9 @@ where
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn set_threshold(&self, threshold: Duration) -> Result<(), ThresholdError> {
-        self.shared.throttle.set_threshold(threshold)
+        self.job.throttle.set_threshold(threshold)?;
+        self.job.nudge();
+        Ok(())
     }
 
     /// The stamp of the last run, in the clock's nanoseconds; see [`Throttle::last_run`]. With
@@ -600,7 +615,7 @@ where
     /// assert!(job.last_run().is_some());
     /// ```
     pub fn last_run(&self) -> Option<u64> {
-        self.shared.throttle.last_run()
+        self.job.throttle.last_run()
     }
 
     /// Whether a deferred run is pending on the timer thread: the next call is Coalesced.
@@ -620,12 +635,13 @@ where
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn is_pending(&self) -> bool {
-        self.shared.throttle.is_pending()
+        self.job.throttle.is_pending()
     }
 
     /// Whether the timer thread is running: false once it has stopped (after
     /// [`shutdown`](Detached::shutdown), or if it ended some other way), when calls are
-    /// answered [`Dispatch::Closed`].
+    /// answered [`Dispatch::Closed`]. On a [`SharedTimer`]: whether the throttle is still
+    /// served, until its own shutdown or the timer's.
     ///
     /// # Examples
     ///
@@ -638,7 +654,7 @@ where
     /// assert!(!job.is_running());
     /// ```
     pub fn is_running(&self) -> bool {
-        !self.shared.is_stopped()
+        !self.job.is_closed()
     }
 
     /// How many panics the work (or the hook, or the clock on the timer thread) has raised so
@@ -658,8 +674,7 @@ where
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn panics(&self) -> u64 {
-        // Relaxed: a count, ordered with nothing else.
-        self.shared.panics.load(Ordering::Relaxed)
+        self.job.panics()
     }
 
     /// The throttle's counters, if it was built with
@@ -677,7 +692,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn stats(&self) -> Option<Stats> {
-        self.shared.throttle.stats()
+        self.job.throttle.stats()
     }
 
     /// Calls coalesced or suppressed since the count was last taken; see
@@ -692,302 +707,71 @@ where
     /// assert_eq!(job.take_skipped(), 0); // not counting
     /// ```
     pub fn take_skipped(&self) -> u64 {
-        self.shared.throttle.take_skipped()
+        self.job.throttle.take_skipped()
     }
 }
 
-impl<F, C: Clock> Shared<F, C> {
-    fn is_stopped(&self) -> bool {
-        // Acquire: pairs with the Release store in `Gone::drop`; a caller that sees it also
-        // sees the pending deferral given up.
-        self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Whether the timer thread has stopped, looked at after a hand-off. The SeqCst fence pairs
-    /// with the one in `serve`: if this says no, the timer thread's last look sees the
-    /// hand-off.
-    fn closed_after_hand_off(&self) -> bool {
-        sync::fence_seq_cst();
-        self.stopped.load(Ordering::SeqCst)
-    }
-
-    /// Wakes the timer thread for a run this caller handed over.
-    fn hand_off(&self) {
-        if sync::is_mutant(sync::mutant!(NoUnpark)) {
-            return;
-        }
-        if let Some(timer) = self.timer.get() {
-            timer.unpark();
-        }
-    }
-
-    /// Asks the timer thread to stop and, unless this is the timer thread, joins it.
-    fn stop(&self, join: &std::sync::Mutex<Option<JoinHandle<()>>>) {
-        // Release: every call made through the handle happened before; the timer thread's
-        // Acquire load of `stopping` then sees their hand-offs.
-        self.stopping.store(true, Ordering::Release);
-        if let Some(timer) = self.timer.get() {
-            timer.unpark();
-        }
-        let on_timer = self
-            .timer
-            .get()
-            .is_some_and(|timer| timer.id() == sync::current().id());
-        if on_timer {
-            return; // the thread ends once the work that called this returns
-        }
-        let handle = join
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            // The timer thread catches every panic, so it ends normally.
-            let _ = handle.join();
-        }
-    }
-}
-
-impl<F, C> Shared<F, C>
-where
-    F: Fn() + Send + Sync + 'static,
-    C: Clock,
-{
-    /// The timer thread: runs what callers hand over until it is asked to stop. Whatever
-    /// panics inside is caught and the loop goes on; if the thread ends anyway, `Gone` gives
-    /// its pending deferral up and closes the handle for callers.
-    fn serve(&self) {
-        let _gone = Gone(self);
-        let mut last_start = None;
-        let mut stopping_since = None;
-        loop {
-            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.serve_until_stopped(&mut last_start, &mut stopping_since)
-            }));
-            match served {
-                Ok(()) => break,
-                Err(payload) => self.report_panic(payload),
-            }
-        }
-        // Closed for callers from here. SeqCst store and fence, against the SeqCst fence a
-        // caller makes between handing a run over and looking at `stopped`: either this thread
-        // sees the caller's hand-off below, or the caller sees `stopped` and takes its run
-        // back (`Detached::call`).
-        self.stopped.store(true, Ordering::SeqCst);
-        sync::fence_seq_cst();
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.serve_once(&mut last_start, stopping_since);
-        }));
-    }
-
-    fn serve_until_stopped(
-        &self,
-        last_start: &mut Option<u64>,
-        stopping_since: &mut Option<Stopwatch>,
-    ) {
-        loop {
-            // Acquire, and read first: pairs with the Release store in `stop`, which comes
-            // after every call; the checks below then see every hand-off.
-            if self.stopping.load(Ordering::Acquire) && stopping_since.is_none() {
-                *stopping_since = Some(Stopwatch::start());
-            }
-            if self.serve_once(last_start, *stopping_since) {
-                continue;
-            }
-            if stopping_since.is_some() {
-                return;
-            }
-            // A hand-off that came after the checks above unparked this thread already, so
-            // this returns at once; spurious wake-ups just go round the loop.
-            sync::park();
-        }
-    }
-
-    /// Runs the leading runs handed over and the pending deferral, if any; says whether
-    /// there was anything to run.
-    fn serve_once(&self, last_start: &mut Option<u64>, stopping: Option<Stopwatch>) -> bool {
-        // Acquire: pairs with the Release fetch_add in `call`. Each leading run answered is
-        // run once, spaced from the work started before it.
-        let leading = self.leading_requested.swap(0, Ordering::Acquire);
-        for _ in 0..leading {
-            self.run_leading(last_start, stopping);
-        }
-        // Acquire: pairs with the claiming CAS (AcqRel) of the caller who handed the deferral
-        // over; while it is pending, its word is the one that CAS installed (or that word with
-        // the flush bit, or re-stamped by `run_leading` on this thread).
-        let word = self.throttle.load(Ordering::Acquire);
-        if state::is_pending(word) {
-            self.serve_deferral(word & !state::FLUSH, stopping, last_start);
-            return true;
-        }
-        leading > 0
-    }
-
-    /// Runs one leading run: no sooner than a threshold after the last work this thread
-    /// started (unless a shutdown's grace has run out), re-stamped when the work starts.
-    fn run_leading(&self, last_start: &mut Option<u64>, stopping: Option<Stopwatch>) {
-        if let Some(last) = *last_start {
-            let clock = self.throttle.clock();
-            wait::block_on_deadline(clock, None, Some(MAX_SLICE), || {
-                let due = last.saturating_add(self.throttle.core().threshold_nanos());
-                let graceless = stopping.is_some_and(|since| since.has_elapsed(self.grace));
-                if graceless || clock.now_nanos() >= due {
-                    Look::Done(())
-                } else {
-                    Look::Until(due)
+impl<F, C: Clock> Detached<F, C> {
+    /// Shuts the throttle down and waits until it is: its own timer thread joined, or, on a
+    /// shared timer, the job done (and, if `retire`, let go of by the timer), unless this is a
+    /// thread that must not wait for that (the job's own timer thread, or one of the shared
+    /// timer's threads: then it asks and returns).
+    fn stop(&self, retire: bool) {
+        match &self.backend {
+            Backend::Own(join) => own_thread::stop(&self.job, join),
+            Backend::Shared(timer) => {
+                let (job, service, link) = (&self.job, timer.service(), &self.job.link);
+                job.request_stop();
+                let wait = !service.is_own_thread(); // its threads must not wait on themselves
+                if wait {
+                    link.wait_here();
                 }
-            });
-        }
-        *last_start = Some(self.restamp());
-        self.run_work();
-    }
-
-    /// Moves the window's start to now, the moment the timer thread starts a leading run's
-    /// work, so that the next run is due a threshold after the work started, not after the
-    /// caller's admission. Stamps only move forward. Returns the reading, which the next run
-    /// on this thread is spaced from.
-    fn restamp(&self) -> u64 {
-        let now = self.throttle.clock().now_nanos();
-        // Acquire: as in `serve_until_stopped`.
-        let mut word = self.throttle.load(Ordering::Acquire);
-        loop {
-            let at = state::stamp(state::stamped(word, now));
-            let next = (word & !state::STAMP_MASK) | state::STAMPED | at;
-            if next == word {
-                return now;
-            }
-            match self.throttle.word().install(word, next) {
-                Ok(()) => return now,
-                Err(seen) => word = seen,
-            }
-        }
-    }
-
-    /// Waits for the deadline of the deferral that installed `word`, then runs it; or gives it
-    /// up, if a shutdown under [`Shutdown::CancelPending`] comes first, or if the clock panics
-    /// (reported like a panic in the work), so that the deferral is never stranded.
-    fn serve_deferral(&self, word: u64, stopping: Option<Stopwatch>, last_start: &mut Option<u64>) {
-        let stamped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.stamp_unless_cancelled(word, stopping)
-        }));
-        match stamped {
-            Ok(Some(Ok(stamp))) => {
-                *last_start = Some(stamp);
-                self.run_work();
-            }
-            // Revoked (cancelled or taken over): nothing to run or release.
-            Ok(None) => {}
-            Ok(Some(Err(()))) => self.throttle.word().release(word),
-            Err(payload) => {
-                self.throttle.word().release(word);
-                self.report_panic(payload);
-            }
-        }
-    }
-
-    /// Waits for `word`'s deadline and stamps its run (`Some(Ok(stamp))`); gives it up under
-    /// a shutdown with [`Shutdown::CancelPending`] (`Some(Err(()))`); or finds it revoked
-    /// (`None`). Under [`Shutdown::RunPending`], once the shutdown grace has passed, the run
-    /// is flushed: it runs at once. The wait ends before the stamp, so that the stamp is the
-    /// last thing before the work starts.
-    fn stamp_unless_cancelled(
-        &self,
-        word: u64,
-        stopping: Option<Stopwatch>,
-    ) -> Option<Result<u64, ()>> {
-        let slot = self.throttle.word().owner;
-        let mut stopping = stopping;
-        loop {
-            let due = wait::block_on_deadline(self.throttle.clock(), slot, Some(MAX_SLICE), || {
-                if stopping.is_none() && self.stopping.load(Ordering::Acquire) {
-                    // Acquire: as in `serve_until_stopped`.
-                    stopping = Some(Stopwatch::start());
+                service.look_again(link, retire);
+                if !wait {
+                    return;
                 }
-                if let Some(since) = stopping {
-                    match self.shutdown {
-                        Shutdown::CancelPending => return Look::Done(Some(Err(()))),
-                        Shutdown::RunPending if since.has_elapsed(self.grace) => {
-                            self.throttle.flush();
-                        }
-                        Shutdown::RunPending => {}
+                loop {
+                    if if retire {
+                        link.is_removed()
+                    } else {
+                        link.is_done()
+                    } {
+                        return;
                     }
-                }
-                match self.throttle.word().look(word) {
-                    Look::Done(Ok(())) => Look::Done(Some(Ok(()))),
-                    Look::Done(Err(_)) => Look::Done(None),
-                    Look::Until(deadline) => match stopping {
-                        // Look again when the grace runs out, whatever the clock does.
-                        Some(since) => {
-                            let left = since.left_of(self.grace).as_nanos() as u64;
-                            let now = self.throttle.clock().now_nanos();
-                            Look::Until(deadline.min(now.saturating_add(left)))
+                    if service.is_stopped() {
+                        // Its timer thread closed every entry before it ended, and no longer
+                        // removes them.
+                        if retire {
+                            drop(service.remove_after_stop(link));
                         }
-                        None => Look::Until(deadline),
-                    },
+                        return;
+                    }
+                    // Unparked when the timer thread moves the job on; the slice only bounds
+                    // a missed wake-up.
+                    sync::park_timeout(MAX_SLICE);
                 }
-            });
-            match due {
-                None => return None,
-                Some(Err(())) => return Some(Err(())),
-                Some(Ok(())) => {}
             }
-            match self.throttle.word().try_stamp(word) {
-                Look::Done(Ok(stamp)) => return Some(Ok(stamp)),
-                Look::Done(Err(_)) => return None,
-                // The clock stepped back since it was due: wait again.
-                Look::Until(_) => {}
-            }
-        }
-    }
-
-    /// Runs the work, catching and reporting a panic.
-    fn run_work(&self) {
-        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&self.work)) {
-            self.report_panic(payload);
-        }
-    }
-
-    /// Counts a caught panic, hands it to the hook, and disposes of its payload.
-    fn report_panic(&self, payload: Box<dyn Any + Send>) {
-        // Relaxed: a count, ordered with nothing else.
-        self.panics.fetch_add(1, Ordering::Relaxed);
-        panics::report(self.on_panic.as_deref(), payload);
-    }
-}
-
-/// Marks the timer thread as gone when it ends, however it ends, and gives up the deferral it
-/// would have run, so that calls are not coalesced into a run that will not come.
-struct Gone<'a, F: Fn() + Send + Sync + 'static, C: Clock>(&'a Shared<F, C>);
-
-impl<F: Fn() + Send + Sync + 'static, C: Clock> Drop for Gone<'_, F, C> {
-    fn drop(&mut self) {
-        let shared = self.0;
-        // Release: pairs with the Acquire load in `is_stopped`.
-        shared.stopped.store(true, Ordering::Release);
-        // A claim handed over after the thread's last look, or one it had when it ended:
-        // nobody will run it now.
-        let word = shared.throttle.load(Ordering::Acquire);
-        if state::is_pending(word) {
-            shared.throttle.word().release(word & !state::FLUSH);
         }
     }
 }
 
 impl<F, C: Clock> Drop for Detached<F, C> {
     fn drop(&mut self) {
-        self.shared.stop(&self.join);
+        self.stop(true);
     }
 }
 
 impl<F, C: Clock> fmt::Debug for Detached<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Detached")
-            .field("throttle", &self.shared.throttle)
-            .field("leading", &self.shared.leading)
-            .field("shutdown", &self.shared.shutdown)
-            .field("grace", &self.shared.grace)
-            .field("publishing", &self.shared.publishing)
-            .field("stopped", &self.shared.stopped.load(Ordering::Relaxed))
-            .field("panics", &self.shared.panics.load(Ordering::Relaxed))
+            .field("throttle", &self.job.throttle)
+            .field("leading", &self.job.leading)
+            .field("shutdown", &self.job.shutdown)
+            .field("grace", &self.job.grace)
+            .field("publishing", &self.job.publishing)
+            .field("shared_timer", &matches!(self.backend, Backend::Shared(_)))
+            .field("closed", &self.job.is_closed())
+            .field("panics", &self.job.panics())
             .finish_non_exhaustive()
     }
 }
@@ -1001,6 +785,7 @@ impl<C: Clock> fmt::Debug for DetachedBuilder<C> {
             .field("shutdown", &self.shutdown)
             .field("grace", &self.grace)
             .field("on_panic", &self.on_panic.is_some())
+            .field("timer", &self.timer)
             .finish()
     }
 }
