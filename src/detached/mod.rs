@@ -80,6 +80,32 @@ use std::sync::Arc;
 /// drop(flush); // runs the pending call at its deadline, then joins the thread
 /// assert_eq!(runs.load(Relaxed), 2);
 /// ```
+///
+/// **In a `static`.** A named function needs no cast: the static's type says `fn()`, and the
+/// function coerces to it. A `static` is never dropped, so call
+/// [`shutdown`](Detached::shutdown) (through `&self`) before the process exits, or its last
+/// pending run is lost with the process. A call site that only needs "at most once per
+/// threshold", with no trailing run, is simpler still with [`throttled!`](crate::throttled).
+///
+/// ```
+/// use atomic_throttle::{Detached, Dispatch};
+/// use std::sync::LazyLock;
+/// use std::time::Duration;
+///
+/// fn flush_metrics() { /* ... */ }
+///
+/// static FLUSH: LazyLock<Detached<fn()>> =
+///     LazyLock::new(|| Detached::new(Duration::from_millis(5), flush_metrics));
+///
+/// fn on_sample() {
+///     FLUSH.call(); // never waits
+/// }
+///
+/// on_sample();
+/// on_sample();
+/// FLUSH.shutdown(); // at exit: the pending run happens at its deadline
+/// assert_eq!(FLUSH.call(), Dispatch::Closed);
+/// ```
 pub struct Detached<F, C: Clock = DefaultClock> {
     job: Arc<Job<F, C>>,
     backend: Backend<C>,
