@@ -295,3 +295,57 @@ fn outcome_accessors() {
     assert_eq!(Outcome::<u8>::Suppressed.value(), None);
     assert_eq!(Outcome::<u8>::Revoked(Revoked::Cancelled).ran(), None);
 }
+
+/// A clock that counts its readings.
+#[derive(Clone, Default)]
+struct CountingClock {
+    inner: ManualClock,
+    reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Clock for CountingClock {
+    fn now_nanos(&self) -> u64 {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.now_nanos()
+    }
+}
+
+impl CountingClock {
+    fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The cost the docs promise: a Coalesced answer reads no clock (one load of the word), unless
+/// a lease asks whether the owner has overstayed.
+#[test]
+fn a_coalesced_call_reads_no_clock_unless_a_lease_is_set() {
+    let clock = CountingClock::default();
+    let throttle = Throttle::with_clock(T, clock.clone()).unwrap();
+    assert!(throttle.admit().is_now());
+    let deferral = throttle.admit();
+    assert!(deferral.is_deferred());
+    let before = clock.reads();
+    for _ in 0..100 {
+        assert!(throttle.admit().is_coalesced());
+        assert!(throttle.admit_publishing().is_coalesced());
+    }
+    assert_eq!(clock.reads(), before, "a Coalesced answer read the clock");
+    drop(deferral);
+
+    let leased = Throttle::builder(T)
+        .clock(clock.clone())
+        .lease(T)
+        .build()
+        .unwrap();
+    assert!(leased.admit().is_now());
+    let deferral = leased.admit();
+    assert!(deferral.is_deferred());
+    let before = clock.reads();
+    assert!(leased.admit().is_coalesced());
+    assert!(
+        clock.reads() > before,
+        "with a lease, a Coalesced answer reads the clock"
+    );
+}

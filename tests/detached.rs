@@ -26,7 +26,9 @@ use wait_for::wait_for;
 static BUSY_CORES: Mutex<()> = Mutex::new(());
 
 fn busy_cores() -> std::sync::MutexGuard<'static, ()> {
-    BUSY_CORES.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    BUSY_CORES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Readings of every run, recorded by the work.
