@@ -95,6 +95,7 @@ mod counters;
 mod deferral;
 mod detached;
 mod error;
+mod keyed;
 mod panics;
 mod state;
 mod sync;
@@ -110,6 +111,10 @@ pub use crate::counters::Stats;
 pub use crate::deferral::{Deferral, NotRun, OwnedDeferral, Revoked};
 pub use crate::detached::{Detached, DetachedBuilder, Dispatch, LeadingRun, Shutdown};
 pub use crate::error::ThresholdError;
+pub use crate::keyed::{
+    KeyedAdmission, KeyedDeferral, KeyedThrottle, KeyedThrottleBuilder, KeyedThrottleRef,
+    OwnedKeyedAdmission, OwnedKeyedDeferral,
+};
 pub use crate::state::Mode;
 pub use crate::throttle::{Admission, OwnedAdmission, Throttle, ThrottleBuilder, ThrottleRef};
 pub use crate::throttled::{Outcome, Throttled};
