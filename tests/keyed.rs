@@ -196,6 +196,30 @@ fn a_full_table_refuses_new_keys_and_counts_them() {
 }
 
 #[test]
+fn keys_spread_over_both_buckets_so_most_of_the_table_fills_before_a_refusal() {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::BuildHasherDefault;
+    // A fixed hasher, so that the test is the same every run.
+    let table: KeyedThrottle<u64, ManualClock, BuildHasherDefault<DefaultHasher>> =
+        KeyedThrottle::builder(T, 4096)
+            .clock(ManualClock::new())
+            .hasher(BuildHasherDefault::default())
+            .build()
+            .unwrap();
+    let live = 4096 * 7 / 10;
+    for key in 0..live {
+        assert!(table.admit(&key).is_now(), "key {key} of {live}");
+    }
+    assert_eq!(table.refused(), 0);
+    assert_eq!(table.live_entries(), live as usize);
+    // Every key is found again, in whichever of its buckets it went to.
+    for key in 0..live {
+        assert_eq!(table.last_run(&key), Some(0));
+        assert!(table.admit(&key).is_deferred());
+    }
+}
+
+#[test]
 fn idle_entries_are_reused_without_a_sweeper() {
     let (table, clock) = table(8);
     for key in 0..8 {

@@ -340,9 +340,10 @@ impl Table {
         Found::Absent
     }
 
-    /// Gives `key` (of class `class`) an entry among its candidates, taking over the first
-    /// idle one, unless it has one already or none is idle at `now`. Reserves, names and
-    /// publishes; the caller completes.
+    /// Gives `key` (of class `class`) an entry among its candidates, taking an idle one over
+    /// (in the bucket with more idle entries, one with no key if there is one), unless it has
+    /// one already or none is idle at `now`. Reserves, names and publishes; the caller
+    /// completes.
     ///
     /// `excluded` marks the candidates (by position) whose insert this caller finished for
     /// another key during this admission: their new key has yet to decide, so its entry
@@ -368,9 +369,12 @@ impl Table {
             *excluded |= candidates.mask_of(slot_of(idle));
             return Inserted::Retry;
         }
-        // Look for the key once more (after reading the class word), and for an idle entry:
-        // the first with no key, else the first idle one.
-        let mut chosen = None;
+        // Look for the key once more (after reading the class word), and for idle entries:
+        // in each bucket the first with no key, else the first idle one, and how many are
+        // idle. The bucket with more idle entries gets the key (the first on a tie), so the
+        // two fill evenly and a key is refused only when both are full.
+        let mut choice: [Option<(usize, u64, u64, usize)>; 2] = [None, None];
+        let mut idle_entries = [0; 2];
         for (position, slot) in candidates.slots().enumerate() {
             let entry = self.slot(slot);
             // State first, then key: the key word changes only while the state is reserved,
@@ -381,17 +385,24 @@ impl Table {
             if holder == key && !is_reserved(word) {
                 return Inserted::Retry; // it has an entry: look it up
             }
-            if *excluded & (1 << position) != 0 {
+            if *excluded & (1 << position) != 0 || !is_idle(word, now, threshold) {
                 continue;
             }
-            let better = match chosen {
+            let bucket = position / WAYS;
+            idle_entries[bucket] += 1;
+            let better = match choice[bucket] {
                 None => true,
                 Some((_, _, chosen_holder, _)) => chosen_holder != NO_KEY && holder == NO_KEY,
             };
-            if better && is_idle(word, now, threshold) {
-                chosen = Some((slot, word, holder, position));
+            if better {
+                choice[bucket] = Some((slot, word, holder, position));
             }
         }
+        let chosen = if idle_entries[1] > idle_entries[0] {
+            choice[1]
+        } else {
+            choice[0]
+        };
         let Some((slot, word, holder, position)) = chosen else {
             return Inserted::Full;
         };
