@@ -43,6 +43,12 @@ impl Candidates {
         }
     }
 
+    /// The key's two buckets (the same one twice in a table of one bucket).
+    #[inline(always)]
+    pub(crate) const fn buckets(&self) -> [usize; 2] {
+        [self.first, self.second]
+    }
+
     /// The entries the key may use, in order: the first bucket's, then the second's (when it
     /// is another bucket).
     #[inline(always)]

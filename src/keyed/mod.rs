@@ -63,10 +63,17 @@ use table::{Found, Inserted, Table, WAYS};
 ///   entry over by CAS, and an unfinished takeover is finished by whoever meets it. Nothing
 ///   ever waits for another thread.
 ///
+/// # Hashing
+///
 /// A key is looked for in its two buckets only, so a flood of keys cannot make a lookup
-/// longer, and with the default hasher (SipHash-1-3 under a random key chosen per table) a
-/// flood cannot aim at one key's buckets. A new key matches another key's entry with
-/// probability at most 2^-60 per call.
+/// longer, whatever the hasher. The hash picks the buckets and is the fingerprint: a new key
+/// matches another key's entry with probability at most 2^-60 per call (16 comparisons of 64
+/// bits). The default hasher, std's [`RandomState`] (SipHash-1-3 under a random key chosen
+/// per table), lets nobody who does not know that key aim keys at one key's buckets, to fill
+/// its 16 entries and have it refused. It is also most of the cost of a hit: on keys that an
+/// attacker does not choose, a fast seeded hasher such as foldhash's
+/// (`.hasher(foldhash::fast::RandomState::default())`, see
+/// [`KeyedThrottleBuilder::hasher`]) makes a hit several times cheaper.
 ///
 /// # Examples
 ///

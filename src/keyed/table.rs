@@ -306,38 +306,60 @@ impl Table {
     /// since, and then a CAS from `word` fails anyway.
     #[inline(always)]
     pub(crate) fn holds(&self, slot: usize, key: u64, word: u64) -> bool {
+        Self::entry_holds(self.slot(slot), key, word)
+    }
+
+    /// [`holds`](Table::holds), for the entry itself.
+    #[inline(always)]
+    fn entry_holds(entry: &Slot, key: u64, word: u64) -> bool {
         if sync::is_mutant(sync::mutant!(UncheckedKey)) {
             return !is_reserved(word);
         }
         // Acquire: pairs with the SeqCst store of the key in `insert`, so that a key word
         // written after a reservation orders this caller's next CAS after that reservation.
-        !is_reserved(word) && self.slot(slot).key.load(sync::ordering(Ordering::Acquire)) == key
+        !is_reserved(word) && entry.key.load(sync::ordering(Ordering::Acquire)) == key
     }
 
     /// Looks `key` up among its candidates: the first entry whose key word names it and
     /// whose state is a throttle word, with that word.
     #[inline(always)]
     pub(crate) fn find(&self, key: u64, candidates: &Candidates) -> Found {
-        for slot in candidates.slots() {
-            let entry = self.slot(slot);
+        let [first, second] = candidates.buckets();
+        if let Some(found) = self.find_in(first, key) {
+            return found;
+        }
+        if second != first {
+            if let Some(found) = self.find_in(second, key) {
+                return found;
+            }
+        }
+        Found::Absent
+    }
+
+    /// [`find`](Table::find) in one bucket.
+    #[inline(always)]
+    fn find_in(&self, bucket: usize, key: u64) -> Option<Found> {
+        for (way, entry) in self.buckets[bucket].slots.iter().enumerate() {
             // Relaxed: only picks the entry; the key is read again after the state word.
             if entry.key.load(Ordering::Relaxed) != key {
                 continue;
             }
             // Acquire: as an admission's load of a throttle's word (pairs with the AcqRel
             // CASes of `word.rs`), and so that the key word read next is at least the one
-            // this word's tenure began with (pairs with the SeqCst completion in `finish`).
+            // this word's tenure began with (pairs with the SeqCst completion in `complete` or
+            // `finish`).
             let word = entry.state.load(sync::ordering(Ordering::Acquire));
             if is_reserved(word) {
                 // Being handed to this key, or taken from it: not an entry in use.
                 continue;
             }
-            if !self.holds(slot, key, word) {
-                return Found::Moved;
+            if !Self::entry_holds(entry, key, word) {
+                return Some(Found::Moved);
             }
-            return Found::Entry { slot, word };
+            let slot = bucket * WAYS + way;
+            return Some(Found::Entry { slot, word });
         }
-        Found::Absent
+        None
     }
 
     /// Gives `key` (of class `class`) an entry among its candidates, taking an idle one over
@@ -362,7 +384,10 @@ impl Table {
         excluded: &mut u32,
     ) -> Inserted {
         let class_word = &self.classes[class].insert;
-        // SeqCst, here and in every operation below: see the module docs.
+        // The insert protocol's operations are all SeqCst (module docs). This load: the class
+        // word this insert will publish from; it sees every insert of the class finished
+        // before it (pairs with their publishing and finishing CASes), so the scan below sees
+        // the entries they completed.
         let idle = class_word.load(Ordering::SeqCst);
         if is_active(idle) {
             self.finish(class, idle);
@@ -380,7 +405,10 @@ impl Table {
             // State first, then key: the key word changes only while the state is reserved,
             // so a key read after an unreserved state is that state's key, or a later one
             // (and then the state has moved, and a CAS from it fails).
+            // SeqCst: pairs with the reservation and completion CASes of other inserts and
+            // with admissions' CASes (AcqRel).
             let word = entry.state.load(Ordering::SeqCst);
+            // SeqCst: pairs with the store that named the entry's key.
             let holder = entry.key.load(Ordering::SeqCst);
             if holder == key && !is_reserved(word) {
                 return Inserted::Retry; // it has an entry: look it up
@@ -410,22 +438,28 @@ impl Table {
         if holder != NO_KEY {
             let holder_class = self.class_of(holder);
             // The insert that gave the entry to its key may still be unfinished: finish it,
-            // so that its finisher never completes a reservation made after it.
+            // so that its finisher never completes a reservation made after it. SeqCst: read
+            // after the entry's state, before the reservation (pairs with that insert's
+            // publishing CAS).
             let named = self.classes[holder_class].insert.load(Ordering::SeqCst);
             if is_active(named) && slot_of(named) == slot {
                 self.finish(holder_class, named);
                 *excluded |= 1 << position;
                 return Inserted::Retry;
             }
-            if state::is_stamped(word) {
-                // Before the reservation: whoever sees the key gone sees the horizon too.
-                self.classes[holder_class]
-                    .horizon
-                    .fetch_max(horizon_of(word), Ordering::SeqCst);
+            let horizon = &self.classes[holder_class].horizon;
+            // Acquire: spares the write below when the horizon is already there, and then
+            // orders this takeover after the `fetch_max` that put it there, so whoever sees
+            // the key gone sees it too (pairs with that `fetch_max`).
+            if state::is_stamped(word) && horizon.load(Ordering::Acquire) < horizon_of(word) {
+                // SeqCst, before the reservation: whoever sees the key gone sees the horizon
+                // too (pairs with the load in `first_word`).
+                horizon.fetch_max(horizon_of(word), Ordering::SeqCst);
             }
         }
         // 1. Reserve, from exactly the idle word: an admission of the holder that got there
-        // first makes this fail.
+        // first makes this fail. SeqCst: pairs with the holder's admissions (AcqRel CASes,
+        // Acquire loads) and with the finishers' reads of the state.
         if entry
             .state
             .compare_exchange(word, reserved(word), Ordering::SeqCst, Ordering::SeqCst)
@@ -433,8 +467,10 @@ impl Table {
         {
             return Inserted::Retry;
         }
-        // 2. Name the key.
-        entry.key.store(key, Ordering::SeqCst);
+        // 2. Name the key. Release: an admission whose key load (Acquire, `holds`) sees it
+        // also sees the reservation, so its next CAS on the old word fails; the completion
+        // and the class word publish it to everyone who sees them.
+        entry.key.store(key, Ordering::Release);
         if sync::is_mutant(sync::mutant!(UnserializedInserts)) {
             // The broken variant: handed to the caller at once, whatever other inserts did
             // meanwhile.
@@ -445,13 +481,16 @@ impl Table {
             };
         }
         // 3. Publish: only if no insert of this class was published since `idle` was read.
+        // SeqCst: pairs with the class-word loads of other inserts and finishers.
         let active = activated(idle, slot);
         if class_word
             .compare_exchange(idle, active, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
-            // Back out: nobody else touches an unpublished reservation.
-            entry.key.store(NO_KEY, Ordering::SeqCst);
+            // Back out: nobody else touches an unpublished reservation. Release: as in
+            // naming; the key goes before the state is released.
+            entry.key.store(NO_KEY, Ordering::Release);
+            // SeqCst: releases the entry (pairs with the scans' and admissions' loads).
             let _ = entry.state.compare_exchange(
                 reserved(word),
                 state::cancelled(word),
@@ -470,6 +509,8 @@ impl Table {
     /// The first word of an entry of class `class` handed over from the idle word `idle`:
     /// what its new key's first decision is made on.
     pub(crate) fn first_word(&self, class: usize, idle: u64) -> u64 {
+        // SeqCst: sees every horizon raised before a takeover this caller saw (pairs with
+        // the `fetch_max` in `insert`).
         first_word(idle, self.classes[class].horizon.load(Ordering::SeqCst))
     }
 
@@ -477,6 +518,9 @@ impl Table {
     /// word `idle`, with `next` (its key's first decision on its first word). False if a
     /// finisher completed it first.
     pub(crate) fn complete(&self, slot: usize, idle: u64, next: u64) -> bool {
+        // SeqCst (at least AcqRel): publishes the key named before it to whoever sees the new
+        // word (pairs with the Acquire state loads of admissions); fails if a finisher came
+        // first.
         self.slot(slot)
             .state
             .compare_exchange(reserved(idle), next, Ordering::SeqCst, Ordering::SeqCst)
@@ -494,14 +538,19 @@ impl Table {
         }
         let class_words = &self.classes[class];
         let entry = self.slot(slot_of(active));
+        // SeqCst: the state first, then the class word (pairs with the reservation CAS and the
+        // publishing CAS of the insert, and with later inserts' reservations).
         let word = entry.state.load(Ordering::SeqCst);
         // A reservation read before the class word is found unchanged is the one it names.
         if is_reserved(word) && class_words.insert.load(Ordering::SeqCst) == active {
             let first = self.first_word(class, word & !FLUSH);
+            // SeqCst: as in `complete`.
             let _ = entry
                 .state
                 .compare_exchange(word, first, Ordering::SeqCst, Ordering::SeqCst);
         }
+        // SeqCst: the insert is over; the next insert of the class may publish (pairs with
+        // its class-word load).
         let _ = class_words.insert.compare_exchange(
             active,
             finished(active),
@@ -521,6 +570,7 @@ impl Table {
     pub(crate) fn inserting(&self) -> bool {
         self.classes
             .iter()
+            // SeqCst: a look at a table at rest.
             .any(|class| is_active(class.insert.load(Ordering::SeqCst)))
     }
 }
