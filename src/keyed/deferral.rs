@@ -35,7 +35,7 @@ use std::sync::Arc;
 /// if let KeyedAdmission::Deferred(deferral) = throttle.admit("k") {
 ///     assert!(deferral.remaining() <= Duration::from_millis(2));
 ///     assert_eq!(deferral.run(|| 42), Ok(42)); // sleeps until the deadline, then runs
-/// }
+/// };
 /// ```
 #[must_use = "dropping a KeyedDeferral gives the deferred run up"]
 pub struct KeyedDeferral<T: KeyedThrottleRef> {
@@ -166,6 +166,7 @@ impl<T: KeyedThrottleRef> KeyedDeferral<T> {
     ///
     /// ```
     /// use atomic_throttle::{KeyedAdmission, KeyedThrottle, ManualClock};
+    /// use std::future::Future;
     /// use std::time::Duration;
     ///
     /// let throttle = KeyedThrottle::<u8, _>::with_clock(Duration::from_millis(2), 8, ManualClock::new())?;

@@ -90,7 +90,7 @@ use table::{Found, Inserted, Table, WAYS};
 ///     KeyedAdmission::Coalesced => {} // 10.0.0.7's pending run covers this call
 ///     KeyedAdmission::Suppressed { .. } => {} // leading-only mode only
 ///     KeyedAdmission::Full => println!("no room for 10.0.0.7: reject, or serve unthrottled"),
-/// }
+/// };
 /// ```
 pub struct KeyedThrottle<K: ?Sized, C: Clock = DefaultClock, S = RandomState> {
     table: Table,
@@ -513,6 +513,13 @@ fn checked(value: Duration, refuse: fn(Duration) -> ThresholdError) -> Result<u6
 
 impl<K: Hash + ?Sized> KeyedThrottle<K> {
     /// The most entries a table can have: 2^30 (16 GiB of entries).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use atomic_throttle::KeyedThrottle;
+    /// assert_eq!(KeyedThrottle::<u64>::MAX_CAPACITY, 1 << 30);
+    /// ```
     pub const MAX_CAPACITY: usize = table::MAX_ENTRIES;
 
     /// A table of `capacity` entries on the process's [`DefaultClock`], in the default
