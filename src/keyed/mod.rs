@@ -55,9 +55,9 @@ use table::{Found, Inserted, Table, WAYS};
 ///   the table says what happened and the caller decides: reject the request, serve it
 ///   unthrottled, or retry later. Size the capacity for the keys that are live within one
 ///   threshold, not for all keys ever seen: a key goes to the emptier of its two buckets, so
-///   a table refuses its first key at about three quarters of its entries live (74% for a
-///   million entries, 84% for a thousand, with random keys), and holds 96% of as many keys
-///   as it has entries.
+///   with random keys a table refuses its first key at about 70% of its entries live (a
+///   million entries; about 75% at a hundred thousand, 80% to 85% at a thousand), and
+///   offered as many keys as it has entries, it takes 96% of them.
 /// - **Lock-free.** Admission on a key that has an entry is a hash, a few loads in its
 ///   bucket's cache line, and the throttle's own CAS path; a key's first call takes an idle
 ///   entry over by CAS, and an unfinished takeover is finished by whoever meets it. Nothing
