@@ -400,30 +400,34 @@ impl Table {
         // two fill evenly and a key is refused only when both are full.
         let mut choice: [Option<(usize, u64, u64, usize)>; 2] = [None, None];
         let mut idle_entries = [0; 2];
-        for (position, slot) in candidates.slots().enumerate() {
-            let entry = self.slot(slot);
-            // State first, then key: the key word changes only while the state is reserved,
-            // so a key read after an unreserved state is that state's key, or a later one
-            // (and then the state has moved, and a CAS from it fails).
-            // SeqCst: pairs with the reservation and completion CASes of other inserts and
-            // with admissions' CASes (AcqRel).
-            let word = entry.state.load(Ordering::SeqCst);
-            // SeqCst: pairs with the store that named the entry's key.
-            let holder = entry.key.load(Ordering::SeqCst);
-            if holder == key && !is_reserved(word) {
-                return Inserted::Retry; // it has an entry: look it up
-            }
-            if *excluded & (1 << position) != 0 || !is_idle(word, now, threshold) {
-                continue;
-            }
-            let bucket = position / WAYS;
-            idle_entries[bucket] += 1;
-            let better = match choice[bucket] {
-                None => true,
-                Some((_, _, chosen_holder, _)) => chosen_holder != NO_KEY && holder == NO_KEY,
-            };
-            if better {
-                choice[bucket] = Some((slot, word, holder, position));
+        let buckets = candidates.buckets();
+        let distinct = if buckets[0] == buckets[1] { 1 } else { 2 };
+        for (half, &bucket) in buckets[..distinct].iter().enumerate() {
+            for (way, entry) in self.buckets[bucket].slots.iter().enumerate() {
+                // The entry's position among the candidates, as `Candidates::slots` counts.
+                let position = half * WAYS + way;
+                // State first, then key: the key word changes only while the state is
+                // reserved, so a key read after an unreserved state is that state's key, or a
+                // later one (and then the state has moved, and a CAS from it fails).
+                // SeqCst: pairs with the reservation and completion CASes of other inserts
+                // and with admissions' CASes (AcqRel).
+                let word = entry.state.load(Ordering::SeqCst);
+                // SeqCst: pairs with the store that named the entry's key.
+                let holder = entry.key.load(Ordering::SeqCst);
+                if holder == key && !is_reserved(word) {
+                    return Inserted::Retry; // it has an entry: look it up
+                }
+                if *excluded & (1 << position) != 0 || !is_idle(word, now, threshold) {
+                    continue;
+                }
+                idle_entries[half] += 1;
+                let better = match choice[half] {
+                    None => true,
+                    Some((_, _, chosen_holder, _)) => chosen_holder != NO_KEY && holder == NO_KEY,
+                };
+                if better {
+                    choice[half] = Some((bucket * WAYS + way, word, holder, position));
+                }
             }
         }
         let chosen = if idle_entries[1] > idle_entries[0] {
