@@ -46,7 +46,10 @@ use table::{Found, Inserted, Table, WAYS};
 /// - **Reuse without a sweeper.** An entry whose window has passed with no deferral pending
 ///   (idle) answers like a fresh throttle, so a key without an entry takes an idle one of
 ///   the 16 it may use (two buckets of eight) when it first calls: in the bucket with more
-///   idle entries, one that never had a key if there is one.
+///   idle entries, one that never had a key if there is one. A key whose entry went to
+///   another key starts afresh, but its next run still comes at least a threshold after its
+///   last: after a clock step backwards (or a raised threshold) its first call may be
+///   Deferred where a fresh throttle would run it.
 /// - **Full.** When all 16 are live (a deferral pending, or inside their window) the call is
 ///   refused with [`KeyedAdmission::Full`], counted by [`refused`](KeyedThrottle::refused).
 ///   A live entry is never taken: that would let its key run again inside its window and
