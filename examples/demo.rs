@@ -474,7 +474,7 @@ fn timeline(options: &Options, file: &str) {
                         }
                         Admission::Coalesced => {
                             coalesced += 1;
-                            if coalesced % 64 == 0 {
+                            if coalesced.is_multiple_of(64) {
                                 mine.push((before, "coalesced"));
                             }
                         }

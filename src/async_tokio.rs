@@ -245,7 +245,7 @@ where
     F: AsyncFn() -> R + Send + Sync + 'static,
     R: Send + 'static,
 {
-    /// Wraps `work` in a throttle on the process's [`DefaultClock`], on tokio.
+    /// Wraps `work` in a throttle on the process's [`DefaultClock`](crate::DefaultClock), on tokio.
     ///
     /// # Panics
     ///

@@ -114,6 +114,7 @@ mod covered;
 mod deferral;
 mod detached;
 mod error;
+mod keyed;
 mod latest;
 mod macros;
 mod panics;
@@ -133,6 +134,10 @@ pub use crate::counters::Stats;
 pub use crate::deferral::{Deferral, NotRun, OwnedDeferral, Revoked};
 pub use crate::detached::{Detached, DetachedBuilder, Dispatch, LeadingRun, Shutdown};
 pub use crate::error::ThresholdError;
+pub use crate::keyed::{
+    KeyedAdmission, KeyedDeferral, KeyedThrottle, KeyedThrottleBuilder, KeyedThrottleRef,
+    OwnedKeyedAdmission, OwnedKeyedDeferral,
+};
 pub use crate::latest::Latest;
 pub use crate::state::Mode;
 pub use crate::throttle::{Admission, OwnedAdmission, Throttle, ThrottleBuilder, ThrottleRef};

@@ -151,6 +151,12 @@ pub(crate) enum Mutant {
     SilentTimer,
     /// The keyed table reuses a slot without checking that it is idle.
     EvictPending,
+    /// The keyed table trusts an entry's key without reading it again after its state word.
+    UncheckedKey,
+    /// The keyed table hands an entry over with its state word as it was, not moved on.
+    HandoverKeepsWord,
+    /// The keyed table completes an insert without publishing it on its class word first.
+    UnserializedInserts,
     /// `AsyncThrottled` gives a cancelled owner's deferral up instead of handing it on.
     NoHandOff,
     /// A detached throttle's caller that sees the throttle closed answers Closed without
@@ -175,6 +181,9 @@ const MUTANTS: &[(&str, Mutant)] = &[
     ("late_value", Mutant::LateValue),
     ("silent_timer", Mutant::SilentTimer),
     ("evict_pending", Mutant::EvictPending),
+    ("unchecked_key", Mutant::UncheckedKey),
+    ("handover_keeps_word", Mutant::HandoverKeepsWord),
+    ("unserialized_inserts", Mutant::UnserializedInserts),
     ("no_hand_off", Mutant::NoHandOff),
     ("blind_take_back", Mutant::BlindTakeBack),
 ];

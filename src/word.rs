@@ -178,7 +178,26 @@ impl<C: Clock> Word<'_, C> {
     /// the word this call decided on is installed or a deferral turns out to be pending.
     /// `lost` counts the CASes lost to other callers.
     #[inline(never)]
-    pub(crate) fn decide_and_install(&self, mut word: u64, lost: &mut u32) -> Answer {
+    pub(crate) fn decide_and_install(&self, word: u64, lost: &mut u32) -> Answer {
+        match self.decide_and_install_while(word, lost, |_| true) {
+            Some(answer) => answer,
+            // Every word is ours here: this arm is never taken.
+            None => Answer::Coalesced(word),
+        }
+    }
+
+    /// [`decide_and_install`](Word::decide_and_install) for a word that can change hands (an
+    /// entry of a keyed throttle, which an idle entry's reuse gives to another key): after a
+    /// lost CAS, the word seen is decided on only if `ours(word)` says it still belongs to the
+    /// caller; if not, nothing is installed and the answer is `None`. The caller vouches for
+    /// the first `word`.
+    #[inline(always)]
+    pub(crate) fn decide_and_install_while(
+        &self,
+        mut word: u64,
+        lost: &mut u32,
+        ours: impl Fn(u64) -> bool,
+    ) -> Option<Answer> {
         let core = self.core;
         // One reading serves every retry: if another caller stamped after it, the reading
         // looks earlier than that stamp and counts as no time, so this call is Deferred (or
@@ -189,28 +208,31 @@ impl<C: Clock> Word<'_, C> {
             let next = match state::decide(word, now, &rules) {
                 Decision::Coalesced => {
                     core.skipped();
-                    return Answer::Coalesced(word);
+                    return Some(Answer::Coalesced(word));
                 }
                 Decision::Suppressed => {
                     core.skipped();
-                    return Answer::Suppressed {
+                    return Some(Answer::Suppressed {
                         until: state::deadline(word, rules.threshold),
-                    };
+                    });
                 }
                 Decision::Now(next) | Decision::Deferred(next) | Decision::TakeOver(next) => next,
             };
             match self.install(word, next) {
-                Ok(()) if state::is_pending(next) => return Answer::Claimed(next),
+                Ok(()) if state::is_pending(next) => return Some(Answer::Claimed(next)),
                 Ok(()) => {
                     if state::is_pending(word) {
                         core.count(|stats| &stats.takeovers);
                     } else {
                         core.count(|stats| &stats.leading);
                     }
-                    return Answer::Now;
+                    return Some(Answer::Now);
                 }
                 Err(seen) => {
                     *lost += 1;
+                    if !ours(seen) {
+                        return None;
+                    }
                     word = seen;
                 }
             }
@@ -398,21 +420,43 @@ impl<C: Clock> Word<'_, C> {
 
     /// Withdraws the pending deferral and wakes its owner; whether one was pending.
     pub(crate) fn cancel(&self) -> bool {
-        self.replace_pending(state::cancelled, |core| core.count(|stats| &stats.cancels))
+        self.cancel_while(|_| true)
     }
 
     /// Makes the pending deferral due at once and wakes its owner; whether one was pending.
     pub(crate) fn flush(&self) -> bool {
-        self.replace_pending(|word| word | state::FLUSH, |_| {})
+        self.flush_while(|_| true)
+    }
+
+    /// [`cancel`](Word::cancel) for a word that can change hands: every word seen, the first
+    /// included, is acted on only if `ours(word)` says it still belongs to the caller
+    /// (otherwise: nothing was pending).
+    pub(crate) fn cancel_while(&self, ours: impl Fn(u64) -> bool) -> bool {
+        self.replace_pending(
+            state::cancelled,
+            |core| core.count(|stats| &stats.cancels),
+            ours,
+        )
+    }
+
+    /// [`flush`](Word::flush) for a word that can change hands, as
+    /// [`cancel_while`](Word::cancel_while).
+    pub(crate) fn flush_while(&self, ours: impl Fn(u64) -> bool) -> bool {
+        self.replace_pending(|word| word | state::FLUSH, |_| {}, ours)
     }
 
     /// Replaces a pending word with `next(word)`, then wakes the owner; whether one was
-    /// pending.
-    fn replace_pending(&self, next: impl Fn(u64) -> u64, done: impl FnOnce(&Core<C>)) -> bool {
+    /// pending. A word that `ours` disowns counts as nothing pending.
+    fn replace_pending(
+        &self,
+        next: impl Fn(u64) -> u64,
+        done: impl FnOnce(&Core<C>),
+        ours: impl Fn(u64) -> bool,
+    ) -> bool {
         // Acquire: as in an admission.
         let mut word = self.load(Ordering::Acquire);
         loop {
-            if !state::is_pending(word) {
+            if !state::is_pending(word) || !ours(word) {
                 return false;
             }
             let replacement = next(word);

@@ -316,7 +316,7 @@ async fn waiting_callers_on_the_real_clock_get_the_covering_result() {
                 let end = std::time::Instant::now() + Duration::from_millis(300);
                 while std::time::Instant::now() < end {
                     let outcome = job.call_covered().await;
-                    results.push(outcome.clone().value().expect("every wait is served"));
+                    results.push(outcome.value().expect("every wait is served"));
                     tokio::task::yield_now().await;
                 }
                 results
