@@ -3,7 +3,7 @@
 
 use crate::clock::{Clock, DefaultClock};
 use crate::counters::Stats;
-use crate::covered::{self, Completions, Seen};
+use crate::covered::{self, Completions, Owed, Seen};
 use crate::deferral::Revoked;
 use crate::error::ThresholdError;
 use crate::sync::{self, Ordering};
@@ -121,8 +121,23 @@ pub enum OnCancel {
 /// owns the deferred run is dropped while it waits ([`OnCancel::HandOff`], the default), the
 /// wait goes on in a task of the runtime, and the work runs at the deadline all the same, on
 /// the runtime's blocking pool; callers coalesced behind it stay covered. This needs a runtime
-/// to hand it to: with tokio, the runtime current when the caller is dropped (a caller dropped
-/// outside any runtime gives its deferral up, as [`OnCancel::GiveUp`] does).
+/// to hand it to: with tokio, the runtime current where the caller is dropped, or else the one
+/// current when the wrapper was built; with neither, the deferral is given up, as
+/// [`OnCancel::GiveUp`] does.
+///
+/// **The runtime must go on being driven until the deadline.** If it shuts down first, the task
+/// holding the run is dropped and the deferral is given up, never stranded: the next call
+/// claims a new one, and callers waiting in
+/// [`call_covered`](AsyncThrottled::call_covered) are told (`Revoked(Cancelled)`). A runtime
+/// that stays alive but is never polled again (a current-thread runtime nobody blocks on)
+/// holds the run with it; for that, build the throttle with a
+/// [`lease`](crate::ThrottleBuilder::lease), so that a later call takes the run over, or call
+/// [`cancel`](AsyncThrottled::cancel).
+///
+/// **Every path out ends the covered waits.** Callers waiting in `call_covered` are woken when
+/// the covering run finishes, whoever started it; when it panics, or its future is dropped
+/// mid-work (then they are covered, with no result to copy: `Coalesced`); and when the
+/// deferral is cancelled, given up or taken over with nothing after it (`Revoked(Cancelled)`).
 ///
 /// The work is anything callable as `AsyncFn() -> R`: an async closure (`async || ...`,
 /// including one that borrows what it captured), or a closure returning a future. Its futures
@@ -163,7 +178,7 @@ struct Shared<F, Rt, C: Clock> {
     runtime: Rt,
     publishing: bool,
     on_cancel: OnCancel,
-    completions: Completions,
+    completions: Arc<Completions>,
 }
 
 impl<F, Rt, C, R> AsyncThrottled<F, Rt, C>
@@ -204,7 +219,7 @@ where
                 runtime,
                 publishing: false,
                 on_cancel: OnCancel::default(),
-                completions: Completions::default(),
+                completions: Arc::default(),
             }),
         }
     }
@@ -338,7 +353,7 @@ where
     where
         R: Clone,
     {
-        let completions = &self.shared.completions;
+        let completions = &*self.shared.completions;
         completions.keep_results(covered::clone_as::<R>);
         let seen = match self.admit_and_run().await {
             Ran::Outcome(outcome) => return outcome,
@@ -370,8 +385,9 @@ where
         match admission {
             Admission::Now => {
                 let stamp = shared.throttle.last_run().unwrap_or_default();
+                let owed = Owed::leading(&*shared.completions, stamp);
                 let result = (shared.work)().await;
-                shared.completions.finished(None, stamp, &result);
+                owed.finish(&result);
                 Ran::Outcome(Outcome::Now(result))
             }
             Admission::Deferred(deferral) => {
@@ -380,6 +396,9 @@ where
                     shared,
                     claim: Some(claim),
                 };
+                // Declared after the hand-off, dropped before it: a caller dropped while it
+                // waits wakes the waiters to look again, then hands its run on.
+                let mut owed = Owed::new(&*shared.completions, Some(claim));
                 let runtime = &shared.runtime;
                 let stamped = shared
                     .throttle
@@ -389,14 +408,12 @@ where
                 hand_off.claim = None; // stamped or revoked: nothing left to hand on
                 Ran::Outcome(match stamped {
                     Ok(stamp) => {
+                        owed.started(stamp);
                         let result = (shared.work)().await;
-                        shared.completions.finished(Some(claim), stamp, &result);
+                        owed.finish(&result);
                         Outcome::Deferred(result)
                     }
-                    Err(revoked) => {
-                        shared.completions.notify();
-                        Outcome::Revoked(revoked)
-                    }
+                    Err(revoked) => Outcome::Revoked(revoked),
                 })
             }
             Admission::Coalesced => Ran::Coalesced(seen),
@@ -613,8 +630,15 @@ where
             shared.completions.notify();
             return;
         }
-        let owner = Arc::clone(shared);
+        // Released unless the run is stamped: a task dropped before its deadline, polled or
+        // not (its runtime shut down), gives the deferral up rather than strand it.
+        let held = Held {
+            owner: Arc::clone(shared),
+            claim: Some(claim),
+        };
         let task: Task = Box::pin(async move {
+            let mut held = held;
+            let owner = Arc::clone(&held.owner);
             let stamped = {
                 let runtime = &owner.runtime;
                 owner
@@ -623,22 +647,53 @@ where
                     .stamp_when_due_async(claim, |wait| runtime.sleep(wait))
                     .await
             };
+            held.claim = None; // stamped or revoked: nothing left to release
             match stamped {
-                // The work's future may not be `Send`: it runs on a thread of its own.
+                // The work's future may not be `Send`: it runs on a thread of its own. If the
+                // job never runs or the work panics, `owed` still ends the covered waits.
                 Ok(stamp) => owner.runtime.spawn_blocking(Box::new({
                     let owner = Arc::clone(&owner);
+                    let mut owed = Owed::new(Arc::clone(&owner.completions), Some(claim));
+                    owed.started(stamp);
                     move || {
                         let result = owner.runtime.block_on((owner.work)());
-                        owner.completions.finished(Some(claim), stamp, &result);
+                        owed.finish(&result);
                     }
                 })),
                 Err(_) => owner.completions.notify(),
             }
         });
-        if shared.runtime.spawn(task).is_err() {
-            // Nowhere to hand it: give it up rather than strand it.
-            shared.throttle.word().release(claim);
-            shared.completions.notify();
+        if let Err(task) = shared.runtime.spawn(task) {
+            // Nowhere to hand it: dropping the task gives the deferral up (see `Held`).
+            drop(task);
+        }
+    }
+}
+
+/// A handed-on deferral's claim, until its run is stamped: released if the task holding it
+/// is dropped first.
+struct Held<F, Rt, C, R>
+where
+    F: AsyncFn() -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    Rt: Runtime,
+    C: Clock + Send + Sync + 'static,
+{
+    owner: Arc<Shared<F, Rt, C>>,
+    claim: Option<u64>,
+}
+
+impl<F, Rt, C, R> Drop for Held<F, Rt, C, R>
+where
+    F: AsyncFn() -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    Rt: Runtime,
+    C: Clock + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            self.owner.throttle.word().release(claim);
+            self.owner.completions.notify();
         }
     }
 }

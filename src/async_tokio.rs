@@ -4,6 +4,7 @@
 
 use crate::async_throttled::{AsyncThrottled, Job, Runtime, Task};
 use crate::clock::{nanos_saturating, Clock};
+use crate::covered::Owed;
 use crate::deferral::{Deferral, Revoked};
 use crate::throttle::{Admission, Throttle, ThrottleRef};
 use crate::throttled::{Outcome, Throttled};
@@ -146,12 +147,24 @@ impl<F, C: Clock> Throttled<F, C> {
     where
         F: Fn() -> R,
     {
+        let stamp = || self.throttle().last_run().unwrap_or_default();
         match self.admit() {
-            Admission::Now => Outcome::Now(self.work()()),
-            Admission::Deferred(deferral) => match deferral.wait_async().await {
-                Ok(()) => Outcome::Deferred(self.work()()),
-                Err(revoked) => Outcome::Revoked(revoked),
-            },
+            Admission::Now => {
+                let _owed = Owed::leading(self.completions(), stamp());
+                Outcome::Now(self.work()())
+            }
+            Admission::Deferred(deferral) => {
+                // Whether the wait ends in a run, a revocation or a dropped future, the
+                // callers waiting in `call_covered` hear of it.
+                let mut owed = Owed::new(self.completions(), Some(deferral.word()));
+                match deferral.wait_async().await {
+                    Ok(()) => {
+                        owed.started(stamp());
+                        Outcome::Deferred(self.work()())
+                    }
+                    Err(revoked) => Outcome::Revoked(revoked),
+                }
+            }
             Admission::Coalesced => Outcome::Coalesced,
             Admission::Suppressed { .. } => Outcome::Suppressed,
         }
@@ -163,7 +176,16 @@ impl<F, C: Clock> Throttled<F, C> {
 ///
 /// It hands a run on through the runtime current where the caller is dropped, or else the one
 /// current when it was made; with neither (a caller dropped outside any runtime, on a handle
-/// made outside one), the deferral is given up.
+/// made outside one), the deferral is given up. A runtime that shuts down before the deadline
+/// drops the task, and the deferral is given up with it.
+///
+/// Under tokio's paused test clock (`start_paused`), a handed-on run's work runs on the
+/// blocking pool, and while a blocking job runs tokio does not advance paused time: a work
+/// that awaits a tokio timer there waits forever. In paused-time tests, use
+/// [`OnCancel::GiveUp`](crate::OnCancel::GiveUp), a work that does not await tokio's timer, or
+/// a [`ManualClock`](crate::ManualClock). The throttle's clock should be
+/// [`TokioClock`](crate::TokioClock) under paused time: the default clock reads real time,
+/// which paused tests do not advance.
 ///
 /// # Examples
 ///

@@ -5,6 +5,7 @@
 use crate::state;
 use crate::sync::{self, Mutex};
 use core::any::Any;
+use core::ops::Deref;
 use core::task::Waker;
 
 /// Clones a run's result, type-erased: registered by the first waiter, who knows the result
@@ -49,12 +50,13 @@ impl Completions {
         sync::lock(&self.inner).cloner.get_or_insert(cloner);
     }
 
-    /// Records a finished run (the claim it ran, if deferred; its stamp in nanoseconds) and
-    /// wakes every waiter.
-    pub(crate) fn finished(&self, claim: Option<u64>, stamp: u64, result: &(dyn Any + Send)) {
+    /// Records a finished run, with a copy of its result if one is given and waiters asked for
+    /// results, and wakes every waiter.
+    fn record(&self, claim: Option<u64>, stamp: u64, result: Option<&(dyn Any + Send)>) {
         let waiters = {
             let mut record = sync::lock(&self.inner);
-            let result = record.cloner.map(|clone| clone(result));
+            let cloner = record.cloner;
+            let result = result.and_then(|result| cloner.map(|clone| clone(result)));
             // A later-stamped run may finish first; keep the latest stamp.
             let stamp = stamp / state::NANOS_PER_STAMP;
             if record.last.as_ref().is_none_or(|last| last.stamp <= stamp) {
@@ -122,6 +124,66 @@ impl Completions {
         sync::lock(&self.inner)
             .waiters
             .retain(|(known, _)| *known != id);
+    }
+}
+
+/// What the caller who owns a run owes the callers waiting for it, paid on every path out:
+/// dropped before its run started (given up, cancelled, taken over, its future dropped), it
+/// wakes them to look again; dropped after, without [`finish`](Owed::finish) (the work
+/// panicked, its future was dropped mid-way, or its result is not kept), it records the run
+/// as finished with no result to copy, so that the callers it covers stop waiting.
+pub(crate) struct Owed<D: Deref<Target = Completions>> {
+    completions: D,
+    claim: Option<u64>,
+    stamp: Option<u64>,
+    /// `finish` recorded the run: nothing left to do.
+    paid: bool,
+}
+
+impl<D: Deref<Target = Completions>> Owed<D> {
+    /// Owed for a run of `claim` (a deferral's word), or a leading run (`None`).
+    pub(crate) fn new(completions: D, claim: Option<u64>) -> Self {
+        Self {
+            completions,
+            claim,
+            stamp: None,
+            paid: false,
+        }
+    }
+
+    /// A leading run stamped `stamp` (nanoseconds), about to start.
+    pub(crate) fn leading(completions: D, stamp: u64) -> Self {
+        Self {
+            completions,
+            claim: None,
+            stamp: Some(stamp),
+            paid: false,
+        }
+    }
+
+    /// The run was stamped `stamp` (nanoseconds) and its work is about to start.
+    pub(crate) fn started(&mut self, stamp: u64) {
+        self.stamp = Some(stamp);
+    }
+
+    /// The run finished with `result`: records it, with a copy for waiters that asked.
+    pub(crate) fn finish(mut self, result: &(dyn Any + Send)) {
+        if let Some(stamp) = self.stamp.take() {
+            self.completions.record(self.claim, stamp, Some(result));
+        }
+        self.paid = true;
+    }
+}
+
+impl<D: Deref<Target = Completions>> Drop for Owed<D> {
+    fn drop(&mut self) {
+        if self.paid {
+            return;
+        }
+        match self.stamp {
+            Some(stamp) => self.completions.record(self.claim, stamp, None),
+            None => self.completions.notify(),
+        }
     }
 }
 

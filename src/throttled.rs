@@ -1,7 +1,7 @@
 //! The Neutron-style wrapper: a throttle and the work it limits, in one value.
 
 use crate::clock::{Clock, DefaultClock};
-use crate::covered::{self, Completions, Seen};
+use crate::covered::{self, Completions, Owed, Seen};
 use crate::deferral::Revoked;
 use crate::error::ThresholdError;
 use crate::sync::Ordering;
@@ -226,6 +226,12 @@ impl<F, C: Clock> Throttled<F, C> {
         &self.work
     }
 
+    /// The record of finished runs, for callers waiting in `call_covered`.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn completions(&self) -> &Completions {
+        &self.completions
+    }
+
     /// Admits a call, publishing or not as configured.
     #[cfg(feature = "tokio")]
     pub(crate) fn admit(&self) -> Admission<&Throttle<C>> {
@@ -262,14 +268,15 @@ impl<F, C: Clock> Throttled<F, C> {
         let (admission, _) = self.throttle.admit_seen(self.publishing);
         match admission {
             Admission::Now => {
-                let result = (self.work)();
-                self.completions.notify();
-                Outcome::Now(result)
+                let _owed = Owed::leading(&self.completions, self.last_stamp());
+                Outcome::Now((self.work)())
             }
             Admission::Deferred(deferral) => {
-                let ran = deferral.run(&self.work);
-                self.completions.notify();
-                match ran {
+                let mut owed = Owed::new(&self.completions, Some(deferral.word()));
+                match deferral.run(|| {
+                    owed.started(self.last_stamp());
+                    (self.work)()
+                }) {
                     Ok(result) => Outcome::Deferred(result),
                     Err(revoked) => Outcome::Revoked(revoked),
                 }
@@ -279,12 +286,19 @@ impl<F, C: Clock> Throttled<F, C> {
         }
     }
 
+    /// The stamp of the run just stamped, in nanoseconds.
+    fn last_stamp(&self) -> u64 {
+        self.throttle.last_run().unwrap_or_default()
+    }
+
     /// Like [`call`](Throttled::call), but a caller that would be Coalesced blocks until the
     /// run that covers it has finished, and gets a copy of its result: `Covered(result)` (a
     /// single-flight call). If that run is cancelled with nothing after it, the answer is
-    /// `Revoked(Cancelled)`. A covering run started by [`call`](Throttled::call) rather than
-    /// `call_covered` keeps no result to copy: the waiter then gets `Coalesced`, after that
-    /// run has finished.
+    /// `Revoked(Cancelled)`. A covering run started by [`call`](Throttled::call) (or
+    /// `call_async`) rather than `call_covered` keeps no result to copy: the waiter then gets
+    /// `Coalesced`, after that run has finished; so does a waiter whose covering run panicked.
+    /// Whatever the owner does (runs, panics, is cancelled, gives up, is dropped mid-wait),
+    /// the waiters hear of it: none is left blocked.
     ///
     /// Callers that do not wait pay nothing for this: their Coalesced answer is still one
     /// load.
@@ -317,26 +331,23 @@ impl<F, C: Clock> Throttled<F, C> {
         let (admission, seen) = self.throttle.admit_seen(self.publishing);
         match admission {
             Admission::Now => {
-                let stamp = self.throttle.last_run().unwrap_or_default();
+                let owed = Owed::leading(&self.completions, self.last_stamp());
                 let result = (self.work)();
-                self.completions.finished(None, stamp, &result);
+                owed.finish(&result);
                 Outcome::Now(result)
             }
             Admission::Deferred(deferral) => {
-                let claim = deferral.word();
+                let mut owed = Owed::new(&self.completions, Some(deferral.word()));
                 let ran = deferral.run(|| {
-                    let stamp = self.throttle.last_run().unwrap_or_default();
-                    (stamp, (self.work)())
+                    owed.started(self.last_stamp());
+                    (self.work)()
                 });
                 match ran {
-                    Ok((stamp, result)) => {
-                        self.completions.finished(Some(claim), stamp, &result);
+                    Ok(result) => {
+                        owed.finish(&result);
                         Outcome::Deferred(result)
                     }
-                    Err(revoked) => {
-                        self.completions.notify();
-                        Outcome::Revoked(revoked)
-                    }
+                    Err(revoked) => Outcome::Revoked(revoked),
                 }
             }
             Admission::Coalesced => self.wait_for_cover(seen),

@@ -178,3 +178,80 @@ fn a_waiter_whose_owner_gave_up_is_covered_by_a_later_run() {
         assert_eq!(waiter.join().unwrap(), Outcome::Covered(T));
     });
 }
+
+/// A caller waits in `call_covered` behind a deferral owned by another caller (plain `call`,
+/// or `call_covered`), whose run is due on `clock`'s next threshold; returns the waiter's
+/// answer and whether the owner panicked. Threads of their own, not scoped: a waiter that is
+/// never woken fails the test rather than hang it.
+fn waiter_behind<R: Clone + Send + 'static>(
+    job: &Arc<Throttled<impl Fn() -> R + Send + Sync + 'static, ManualClock>>,
+    clock: &ManualClock,
+    owner_covers: bool,
+) -> (Outcome<R>, bool) {
+    let owner = std::thread::spawn({
+        let job = job.clone();
+        move || {
+            if owner_covers {
+                job.call_covered()
+            } else {
+                job.call()
+            }
+        }
+    });
+    while !job.throttle().is_pending() {
+        std::thread::yield_now();
+    }
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    while job.waiting() < 1 {
+        std::thread::yield_now();
+    }
+    clock.advance(T);
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while !waiter.is_finished() {
+        assert!(
+            std::time::Instant::now() < patience,
+            "after 30 s, the waiter was never woken"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (waiter.join().unwrap(), owner.join().is_err())
+}
+
+#[test]
+fn a_waiter_is_woken_by_a_covering_run_started_by_plain_call() {
+    let clock = ManualClock::with_auto_advance(false);
+    let job = Arc::new(Throttled::with_clock(T, clock.clone(), || 5).unwrap());
+    assert_eq!(job.call(), Outcome::Now(5));
+    // Plain `call` keeps no result to copy: the waiter is covered, with no copy.
+    assert_eq!(
+        waiter_behind(&job, &clock, false),
+        (Outcome::Coalesced, false)
+    );
+    assert_eq!(job.waiting(), 0);
+}
+
+#[test]
+fn a_waiter_is_woken_when_its_covering_run_panics() {
+    for owner_covers in [true, false] {
+        let clock = ManualClock::with_auto_advance(false);
+        let calls = AtomicU32::new(0);
+        let job = Arc::new(
+            Throttled::with_clock(T, clock.clone(), move || {
+                if calls.fetch_add(1, Relaxed) == 1 {
+                    panic!("the covering run fails");
+                }
+                9
+            })
+            .unwrap(),
+        );
+        assert_eq!(job.call(), Outcome::Now(9));
+        // The covering run started, so the waiter was covered; it has no result to copy.
+        assert_eq!(
+            waiter_behind(&job, &clock, owner_covers),
+            (Outcome::Coalesced, true)
+        );
+    }
+}

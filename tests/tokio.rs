@@ -527,3 +527,171 @@ async fn many_tasks_on_the_real_clock_keep_runs_apart() {
         );
     }
 }
+
+/// Awaits `future` for at most 30 s of real time: a waiter that is never woken fails the
+/// test rather than hang it.
+async fn within_30_s<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Ok(output) = timeout(Duration::from_millis(10), future.as_mut()).await {
+            return output;
+        }
+        assert!(std::time::Instant::now() < patience, "after 30 s, {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_waiter_is_covered_by_a_run_of_call_async_or_told_when_it_times_out() {
+    const T: Duration = Duration::from_millis(40);
+    let job = Arc::new(Throttled::new(T, || 3));
+    for owner_times_out in [false, true] {
+        sleep(T).await;
+        assert_eq!(job.call_async().await, Outcome::Now(3));
+        let owner = tokio::spawn({
+            let job = job.clone();
+            async move {
+                let patience = if owner_times_out { T / 4 } else { 10 * T };
+                timeout(patience, job.call_async()).await
+            }
+        });
+        while !job.throttle().is_pending() {
+            tokio::task::yield_now().await;
+        }
+        // A thread of its own, not tokio's blocking pool: a waiter that is never woken fails
+        // the test rather than hold the runtime's shutdown.
+        let waiter = std::thread::spawn({
+            let job = job.clone();
+            move || job.call_covered()
+        });
+        let patience = std::time::Instant::now() + Duration::from_secs(30);
+        while !waiter.is_finished() {
+            assert!(
+                std::time::Instant::now() < patience,
+                "after 30 s, the blocked waiter was never woken"
+            );
+            sleep(Duration::from_millis(1)).await;
+        }
+        let outcome = waiter.join().unwrap();
+        if owner_times_out {
+            assert!(owner.await.unwrap().is_err(), "the owner timed out");
+            // Given up with nothing after it: the waiter is told, not left blocked.
+            assert_eq!(outcome, Outcome::Revoked(Revoked::Cancelled));
+        } else {
+            assert_eq!(owner.await.unwrap(), Ok(Outcome::Deferred(3)));
+            // `call_async` keeps no result to copy: covered, with no copy.
+            assert_eq!(outcome, Outcome::Coalesced);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_is_woken_when_the_owner_is_dropped_or_panics_inside_the_work() {
+    let throttle = Throttle::with_clock(T, TokioClock::new()).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let job = Arc::new(AsyncThrottled::from_throttle(throttle, {
+        let calls = calls.clone();
+        async move || match calls.fetch_add(1, Relaxed) {
+            // The first deferred run never finishes; the second panics.
+            1 => sleep(Duration::from_secs(3600)).await,
+            3 => panic!("the covering run fails"),
+            _ => {}
+        }
+    }));
+    assert_eq!(job.call().await, Outcome::Now(()));
+    for dropped in [true, false] {
+        let owner = tokio::spawn({
+            let job = job.clone();
+            async move { timeout(2 * T, job.call()).await }
+        });
+        while !job.is_pending() {
+            tokio::task::yield_now().await;
+        }
+        let waiter = tokio::spawn({
+            let job = job.clone();
+            async move { job.call_covered().await }
+        });
+        let outcome = within_30_s("the waiter was never woken", waiter).await;
+        // The covering run started, so the waiter was covered; it has no result to copy.
+        assert_eq!(outcome.unwrap(), Outcome::Coalesced);
+        let owner = owner.await;
+        if dropped {
+            assert!(owner.unwrap().is_err(), "the owner was dropped mid-work");
+        } else {
+            assert!(owner.unwrap_err().is_panic(), "the owner's work panicked");
+        }
+        sleep(T).await;
+        assert_eq!(job.call().await, Outcome::Now(()));
+    }
+}
+
+#[test]
+fn a_handed_off_deferral_is_given_up_when_its_runtime_shuts_down() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Built inside the runtime: the wrapper hands cancelled runs on to it.
+    let job = runtime.block_on(async {
+        let job = Arc::new(AsyncThrottled::new(Duration::from_secs(60), async || ()));
+        assert_eq!(job.call().await, Outcome::Now(()));
+        // The owner is cancelled while it waits: its run is handed to a task of the runtime.
+        assert!(timeout(Duration::from_millis(5), job.call()).await.is_err());
+        assert!(job.is_pending(), "the handed-on run waits for its deadline");
+        job
+    });
+    // A caller waiting for that run, on a runtime of its own.
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async { job.call_covered().await })
+        }
+    });
+    while job.waiting() < 1 {
+        std::thread::yield_now();
+    }
+    // The runtime shuts down before the deadline, dropping the task that held the run.
+    drop(runtime);
+    assert!(!job.is_pending(), "G2: the handed-on deferral was stranded");
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while !waiter.is_finished() {
+        assert!(
+            std::time::Instant::now() < patience,
+            "after 30 s, the waiter was never told"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(waiter.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_when_a_handed_off_run_panics() {
+    const T: Duration = Duration::from_millis(40);
+    let calls = Arc::new(AtomicU32::new(0));
+    let job = Arc::new(AsyncThrottled::new(T, {
+        let calls = calls.clone();
+        async move || {
+            if calls.fetch_add(1, Relaxed) == 1 {
+                panic!("the handed-off run fails");
+            }
+        }
+    }));
+    assert_eq!(job.call().await, Outcome::Now(()));
+    assert!(
+        timeout(T / 4, job.call()).await.is_err(),
+        "the owner timed out"
+    );
+    assert!(job.is_pending(), "the run was handed on");
+    let waiter = tokio::spawn({
+        let job = job.clone();
+        async move { job.call_covered().await }
+    });
+    let outcome = within_30_s("the waiter was never woken", waiter).await;
+    assert_eq!(outcome.unwrap(), Outcome::Coalesced);
+    assert_eq!(calls.load(Relaxed), 2);
+    assert!(!job.is_pending());
+}
