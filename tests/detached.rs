@@ -12,8 +12,8 @@ mod starts;
 mod wait_for;
 
 use atomic_throttle::{
-    Clock, DefaultClock, Detached, Dispatch, LeadingRun, ManualClock, Shutdown, Throttle, Wait,
-    Waiter,
+    Clock, DefaultClock, Detached, Dispatch, LeadingRun, ManualClock, SharedTimer, Shutdown,
+    Throttle, Wait, Waiter,
 };
 use expected_panics::{expected, explosive, Expected};
 use stamp_clock::{last_reading, StampClock};
@@ -720,4 +720,71 @@ fn a_shorter_threshold_wakes_the_timer_thread_for_the_earlier_deadline() {
     let starts = starts.sorted();
     let stamp = job.last_run().expect("two runs");
     assert!(stamp > starts[0] && stamp <= starts[1].div_ceil(1000) * 1000);
+}
+
+/// A work that calls its own handle (re-arming itself) on a throttle shut down on `timer`'s
+/// thread (or its own): every call from the moment the shutdown begins, the work's included,
+/// is answered `Closed`, so the shutdown ends within its grace after at most the run pending
+/// when it began, rather than running the work back to back.
+fn a_self_rearming_work_lets_the_shutdown_end(timer: Option<&SharedTimer>) {
+    const T: Duration = Duration::from_millis(2);
+    let handle: Arc<std::sync::OnceLock<Weak<Detached<Box<dyn Fn() + Send + Sync>>>>> =
+        Arc::default();
+    let runs = Arc::new(AtomicU64::new(0));
+    let closed_inside = Arc::new(AtomicU64::new(0));
+    let work: Box<dyn Fn() + Send + Sync> = Box::new({
+        let (handle, runs, closed_inside) = (handle.clone(), runs.clone(), closed_inside.clone());
+        move || {
+            runs.fetch_add(1, Relaxed);
+            if let Some(job) = handle.get().and_then(Weak::upgrade) {
+                if job.call() == Dispatch::Closed {
+                    closed_inside.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    });
+    let builder = Detached::builder(Throttle::new(T))
+        .shutdown_grace(Duration::from_millis(50))
+        .unwrap();
+    let job = Arc::new(match timer {
+        Some(timer) => builder.timer(timer).spawn(work).unwrap(),
+        None => builder.spawn(work).unwrap(),
+    });
+    handle.set(Arc::downgrade(&job)).unwrap();
+    assert_eq!(job.call(), Dispatch::Leading);
+    wait_for(|| runs.load(Relaxed) >= 5, "the work re-arming itself");
+    let stopper = std::thread::spawn({
+        let job = job.clone();
+        move || job.shutdown()
+    });
+    let patience = Instant::now() + Duration::from_secs(30);
+    while !stopper.is_finished() {
+        assert!(
+            Instant::now() < patience,
+            "after 30 s the shutdown had not ended: {} runs",
+            runs.load(Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stopper.join().unwrap();
+    let at_shutdown = runs.load(Relaxed);
+    std::thread::sleep(10 * T);
+    assert_eq!(
+        runs.load(Relaxed),
+        at_shutdown,
+        "runs after the shutdown ended"
+    );
+    assert!(
+        closed_inside.load(Relaxed) >= 1,
+        "the work's own call was not Closed"
+    );
+    assert_eq!(job.call(), Dispatch::Closed);
+}
+
+#[test]
+fn a_work_that_calls_its_own_handle_cannot_keep_the_shutdown_from_ending() {
+    let _turn = busy_cores();
+    a_self_rearming_work_lets_the_shutdown_end(None);
+    let timer = SharedTimer::new();
+    a_self_rearming_work_lets_the_shutdown_end(Some(&timer));
 }

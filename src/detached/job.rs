@@ -241,7 +241,7 @@ where
             Admission::Suppressed { .. } => Dispatch::Suppressed,
             Admission::Now => match self.leading {
                 LeadingRun::Inline => {
-                    if self.is_closed() {
+                    if self.is_closed() || self.is_stopping() {
                         // Shut down: nothing runs, inline or not. (The window this admission
                         // opened holds no claim, so it strands nothing.)
                         return Dispatch::Closed;
@@ -250,6 +250,11 @@ where
                     Dispatch::Leading
                 }
                 LeadingRun::OnTimer => {
+                    if self.is_stopping() {
+                        // Shutting down: no new run is taken on, so that a work that calls
+                        // its own handle cannot keep the shutdown from ending.
+                        return Dispatch::Closed;
+                    }
                     // Release: the serving thread's Acquire loads see this caller's writes
                     // before the call, as the work on an inline run would.
                     self.leading_requested.fetch_add(1, Ordering::Release);
@@ -267,7 +272,9 @@ where
                 // cancel or flush, which wake it). That holds because the throttle is private
                 // to the handle: every claim goes through here and is handed over.
                 let word = deferral.disown();
-                if self.closed_after_hand_off() {
+                // Shutting down, or shut down: no new run is taken on (a work that calls its
+                // own handle cannot keep the shutdown from ending).
+                if self.is_stopping() || self.closed_after_hand_off() {
                     // Nobody left to run it: give it up rather than strand it. If that finds it
                     // gone, the serving side's last look took it after all (it runs, unless the
                     // shutdown policy gives it up): the call was handed over.

@@ -55,6 +55,9 @@ use std::sync::Arc;
 /// [`shutdown`](Detached::shutdown), or dropping the handle, stops the timer thread and joins
 /// it. A pending deferred run is run at its deadline first, or given up, as [`Shutdown`] says,
 /// and either way within the [shutdown grace](DetachedBuilder::shutdown_grace) of real time.
+/// From the moment a shutdown begins, a call that would start a new run (a leading or a new
+/// deferred one) is answered [`Dispatch::Closed`], a call from inside the work included: a work
+/// that calls its own handle cannot keep the shutdown from ending.
 /// Dropping the last handle on the timer thread itself (from inside the work) stops it without
 /// joining. On a shared timer, shutting down waits until the throttle is done instead (and
 /// dropping, until the timer has let go of it), and the timer's threads go on serving the others.
@@ -562,7 +565,9 @@ where
 
     /// Stops the timer thread and waits for it, through a shared reference (a `static`
     /// handle, or one behind an `Arc`): a pending run is run or given up as [`Shutdown`] says,
-    /// within the shutdown grace. Later calls are answered [`Dispatch::Closed`]. Idempotent.
+    /// within the shutdown grace. From the moment it begins, calls that would start a new run
+    /// (the work's own calls included) are answered [`Dispatch::Closed`]; a call coalesced
+    /// into the run pending then is still answered `Coalesced`. Idempotent.
     /// Called on the timer thread itself (from inside the work), it asks the thread to stop
     /// and returns without waiting.
     ///

@@ -339,8 +339,9 @@ fn spawn_threads<C: Clock + Send + Sync + 'static>(
 impl<C: Clock> SharedTimer<C> {
     /// Shuts every registered throttle down by its own [`Shutdown`](crate::Shutdown) policy
     /// (its pending run at its deadline, or given up, within its shutdown grace of real time),
-    /// then stops the timer thread and the workers and waits for them. Calls are answered
-    /// [`Dispatch::Closed`](crate::Dispatch::Closed) from then on. Idempotent.
+    /// then stops the timer thread and the workers and waits for them. From then on, calls
+    /// that would start a new run (the works' own calls included) are answered
+    /// [`Dispatch::Closed`](crate::Dispatch::Closed). Idempotent.
     ///
     /// Besides the graces, it waits for the work that is running, and, while every worker is
     /// busy, for a worker. Called on one of the timer's own threads (from inside a work), it
