@@ -84,7 +84,12 @@ fn a_lease_takes_an_abandoned_deferral_over_and_refuses_its_owner() {
         other => panic!("{other:?}"),
     }
     let stats = throttle.stats().unwrap();
-    assert_eq!((stats.leading, stats.takeovers, stats.coalesced), (1, 1, 1));
+    assert_eq!(
+        (stats.leading, stats.takeovers, stats.coalesced),
+        (1, 1, 1),
+        "the takeover's Now is counted in takeovers, not in leading"
+    );
+    assert_eq!((stats.deferred, stats.releases), (0, 0), "{stats:?}");
 }
 
 #[test]
