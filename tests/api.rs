@@ -292,6 +292,29 @@ fn clocks_report_what_they_are() {
 }
 
 #[test]
+fn a_coarse_clock_refuses_a_resolution_it_could_not_keep_to() {
+    let largest = CoarseClock::new(CoarseClock::MAX_RESOLUTION).unwrap();
+    assert_eq!(largest.resolution(), Duration::from_secs(1));
+    for (resolution, nanos) in [
+        (
+            CoarseClock::MAX_RESOLUTION + Duration::from_nanos(1),
+            "1000000001",
+        ),
+        (Duration::MAX, "18446744073709551615999999999"),
+    ] {
+        let err = CoarseClock::new(resolution).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "CoarseClock resolution of {nanos} ns exceeds the largest accepted, \
+                 1000000000 ns (CoarseClock::MAX_RESOLUTION: 1 s)"
+            )
+        );
+    }
+}
+
+#[test]
 fn outcome_accessors() {
     assert_eq!(Outcome::Now(1).ran(), Some(1));
     assert_eq!(Outcome::Deferred(2).ran(), Some(2));
