@@ -88,7 +88,7 @@ where
     pub fn new(threshold: Duration, work: F) -> Self {
         match Self::try_new(threshold, work) {
             Ok(latest) => latest,
-            Err(err) => panic!("Latest::new: {err}"),
+            Err(err) => panic!("atomic-throttle: Latest::new: {err}"),
         }
     }
 

@@ -232,9 +232,12 @@ fn what_debug_and_display_print() {
         .err()
         .unwrap();
     assert_eq!(err.what(), "shutdown grace");
-    assert!(err
-        .to_string()
-        .contains("largest representable shutdown grace"));
+    assert_eq!(
+        err.to_string(),
+        "shutdown grace of 18446744073709551615999999999 ns exceeds the largest accepted \
+         shutdown grace, 4611686018427387904 ns (Throttle::MAX_THRESHOLD: 2^62 ns, about 146 \
+         years)"
+    );
 }
 
 #[test]
