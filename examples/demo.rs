@@ -231,6 +231,31 @@ fn hammer(publisher: &dyn Publisher, runs: &Runs, threads: usize, seconds: f64) 
     report
 }
 
+/// Which way a measure is better.
+#[derive(Clone, Copy)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// How our measure compares with theirs, always as a ratio of at least 1: "N.Nx {better}"
+/// when ours is the better one, "N.Nx {worse}" when it is the worse.
+fn compared(ours: f64, theirs: f64, better: Better, [if_better, if_worse]: [&str; 2]) -> String {
+    let measured = |x: f64| x.is_finite() && x > 0.0;
+    if !measured(ours) || !measured(theirs) {
+        return format!("no ratio ({ours} against {theirs})");
+    }
+    let ours_better = match better {
+        Better::Higher => ours >= theirs,
+        Better::Lower => ours <= theirs,
+    };
+    let ratio = ours.max(theirs) / ours.min(theirs);
+    format!(
+        "{ratio:.1}x {}",
+        if ours_better { if_better } else { if_worse }
+    )
+}
+
 fn print_row(label: &str, columns: &[String]) {
     print!("  {label:<38}");
     for column in columns {
@@ -378,10 +403,19 @@ fn main() {
     println!();
     for (name, other) in [("Neutron try-lock", &t), ("mutex port", &m)] {
         println!(
-            "atomic-throttle: {:.1}x the {name}'s calls per second, {:.1}x cheaper median \
-             admission",
-            rate(&a) / rate(other),
-            other.cost_p50 / a.cost_p50
+            "atomic-throttle against the {name}: {}, {}",
+            compared(
+                rate(&a),
+                rate(other),
+                Better::Higher,
+                ["more calls per second", "fewer calls per second"]
+            ),
+            compared(
+                a.cost_p50,
+                other.cost_p50,
+                Better::Lower,
+                ["cheaper median admission", "dearer median admission"]
+            ),
         );
     }
     let spaced = a
@@ -507,4 +541,39 @@ fn usage(problem: &str) -> ! {
          [-- --threads N --threshold-us N --seconds N --detached --count --timeline FILE]"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compared, Better};
+
+    const COST: [&str; 2] = ["cheaper", "dearer"];
+    const RATE: [&str; 2] = ["more calls", "fewer calls"];
+
+    #[test]
+    fn a_ratio_in_our_favour_says_so() {
+        assert_eq!(compared(10.0, 25.0, Better::Lower, COST), "2.5x cheaper");
+        assert_eq!(
+            compared(30.0, 10.0, Better::Higher, RATE),
+            "3.0x more calls"
+        );
+    }
+
+    #[test]
+    fn a_ratio_against_us_says_so_and_is_never_below_one() {
+        // Ours costs 20 ns where theirs costs 12: 1.7x dearer, never "0.6x cheaper".
+        assert_eq!(compared(20.0, 12.0, Better::Lower, COST), "1.7x dearer");
+        assert_eq!(
+            compared(10.0, 40.0, Better::Higher, RATE),
+            "4.0x fewer calls"
+        );
+    }
+
+    #[test]
+    fn nothing_measured_gives_no_ratio() {
+        assert_eq!(
+            compared(0.0, 12.0, Better::Lower, COST),
+            "no ratio (0 against 12)"
+        );
+    }
 }

@@ -285,7 +285,7 @@ where
     pub fn new(threshold: Duration, work: F) -> Self {
         match Throttle::try_new(threshold) {
             Ok(throttle) => Self::with_runtime(throttle, TokioRuntime::new(), work),
-            Err(err) => panic!("AsyncThrottled::new: {err}"),
+            Err(err) => panic!("atomic-throttle: AsyncThrottled::new: {err}"),
         }
     }
 }

@@ -666,11 +666,24 @@ struct CoarseShared {
 }
 
 impl CoarseClock {
-    /// A clock refreshed every `resolution` (at least 1 us) by its own upkeep thread.
+    /// The coarsest resolution [`new`](CoarseClock::new) accepts: one second.
+    ///
+    /// A refresh a second already costs nothing measurable, so a coarser clock would only add
+    /// error (up to its resolution on every run) and keep its upkeep thread alive that much
+    /// longer after the last clone is dropped (the thread notices on its next refresh). A
+    /// resolution of minutes or more, or a `Duration::MAX` meant as "never", would make a clock
+    /// that hardly moves, and every throttle on it would stall.
+    pub const MAX_RESOLUTION: Duration = Duration::from_secs(1);
+
+    /// A clock refreshed every `resolution` by its own upkeep thread. A resolution under 1 us
+    /// (zero included) is raised to 1 us; one over [`MAX_RESOLUTION`](CoarseClock::MAX_RESOLUTION)
+    /// is refused.
     ///
     /// # Errors
     ///
-    /// The operating system's error if the upkeep thread cannot be started.
+    /// An error of kind [`InvalidInput`](std::io::ErrorKind::InvalidInput) if `resolution`
+    /// exceeds [`MAX_RESOLUTION`](CoarseClock::MAX_RESOLUTION) (nothing is started); the
+    /// operating system's error if the upkeep thread cannot be started.
     ///
     /// # Examples
     ///
@@ -685,9 +698,28 @@ impl CoarseClock {
     ///     .build()
     ///     .expect("a valid threshold");
     /// assert!(throttle.admit().is_now());
+    ///
+    /// let err = CoarseClock::new(Duration::from_secs(60)).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "CoarseClock resolution of 60000000000 ns exceeds the largest accepted, \
+    ///      1000000000 ns (CoarseClock::MAX_RESOLUTION: 1 s)"
+    /// );
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn new(resolution: Duration) -> std::io::Result<Self> {
+        if resolution > Self::MAX_RESOLUTION {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "CoarseClock resolution of {} ns exceeds the largest accepted, {} ns \
+                     (CoarseClock::MAX_RESOLUTION: 1 s)",
+                    resolution.as_nanos(),
+                    Self::MAX_RESOLUTION.as_nanos()
+                ),
+            ));
+        }
         let resolution = resolution.max(Duration::from_micros(1));
         let shared = std::sync::Arc::new(CoarseShared {
             nanos: AtomicU64::new(DefaultClock::new().now_nanos()),

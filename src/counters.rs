@@ -23,6 +23,8 @@ pub(crate) const SLOTS: usize = 4;
 /// A snapshot of a counting throttle's counters: see
 /// [`ThrottleBuilder::counting`](crate::ThrottleBuilder::counting).
 ///
+/// Each counter counts one kind of answer or event, and none is counted in two of them: a Now
+/// answer is in [`leading`](Stats::leading) or in [`takeovers`](Stats::takeovers), never both.
 /// Each field is read on its own, so a snapshot taken while calls go on is not one instant's.
 ///
 /// # Examples
@@ -37,19 +39,28 @@ pub(crate) const SLOTS: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Leading runs: Now answers to callers.
+    /// Now answers to callers that found no deferral pending and the window over (or no run
+    /// yet). A Now answer that takes over an expired deferral is counted in
+    /// [`takeovers`](Stats::takeovers) instead, not here: `leading + takeovers` is every Now
+    /// answer.
     pub leading: u64,
-    /// Deferred runs: deferrals whose owner stamped them.
+    /// Deferred runs: each time the owner of a Deferred answer stamped its run, at its
+    /// deadline or earlier after a flush. Deferred answers themselves are not counted.
     pub deferred: u64,
-    /// Calls coalesced into a pending deferral.
+    /// Coalesced answers: calls that found a deferral pending. Zero in leading-only mode.
     pub coalesced: u64,
-    /// Calls suppressed in leading-only mode.
+    /// Suppressed answers: calls inside the window in leading-only mode. Zero in the other
+    /// modes.
     pub suppressed: u64,
-    /// Deferrals their owner gave up.
+    /// Deferrals whose owner gave them up without running: dropped them, itself or with the
+    /// wait that held them. The drop of a deferral already cancelled or taken over is not
+    /// counted.
     pub releases: u64,
-    /// Deferrals withdrawn by `cancel`.
+    /// Pending deferrals withdrawn by a `cancel` (one that returned `true`).
     pub cancels: u64,
-    /// Deferrals taken over after their lease expired (each also ran a leading run).
+    /// Now answers given in place of a pending deferral whose lease had expired; the
+    /// deferral's owner is told [`Revoked::TakenOver`](crate::Revoked::TakenOver). Counted
+    /// here only, not in [`leading`](Stats::leading).
     pub takeovers: u64,
 }
 

@@ -7,6 +7,18 @@ use core::time::Duration;
 /// [`Throttle::MAX_THRESHOLD`](crate::Throttle::MAX_THRESHOLD), 2^62 ns (about 146 years). It
 /// is refused, never truncated.
 ///
+/// Its `Display` gives both durations in exact nanoseconds, so that a request just over the
+/// limit reads differently from the limit:
+///
+/// ```text
+/// threshold of 4611686018427387905 ns exceeds the largest accepted threshold,
+/// 4611686018427387904 ns (Throttle::MAX_THRESHOLD: 2^62 ns, about 146 years)
+/// ```
+///
+/// (on one line). The constructors that panic instead of returning it (`Throttle::new`,
+/// `Throttled::new` and the other `new`s) panic with the same text, after
+/// `atomic-throttle: ` and the constructor's name.
+///
 /// # Examples
 ///
 /// ```
@@ -16,7 +28,11 @@ use core::time::Duration;
 /// let err = Throttle::try_new(Duration::from_secs(600 * 365 * 24 * 3600)).unwrap_err();
 /// assert_eq!(err.requested(), Duration::from_secs(600 * 365 * 24 * 3600));
 /// assert_eq!(err.max(), Throttle::MAX_THRESHOLD);
-/// assert!(err.to_string().contains("largest representable threshold"));
+/// assert_eq!(
+///     err.to_string(),
+///     "threshold of 18921600000000000000 ns exceeds the largest accepted threshold, \
+///      4611686018427387904 ns (Throttle::MAX_THRESHOLD: 2^62 ns, about 146 years)"
+/// );
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThresholdError {
@@ -89,20 +105,103 @@ impl ThresholdError {
     }
 }
 
-const SECONDS_PER_YEAR: f64 = 365.25 * 24.0 * 3600.0;
+impl ThresholdError {
+    /// The error's text, put together by `const` code so that the `const` constructors can
+    /// panic with it too.
+    const fn describe(&self, message: Message) -> Message {
+        message
+            .str(self.what)
+            .str(" of ")
+            .u128(self.requested.as_nanos())
+            .str(" ns exceeds the largest accepted ")
+            .str(self.what)
+            .str(", ")
+            .u128(self.max().as_nanos())
+            .str(" ns (Throttle::MAX_THRESHOLD: 2^62 ns, about 146 years)")
+    }
+
+    /// Panics with "atomic-throttle: `constructor`: " and the error's text: for the `const`
+    /// constructors, which cannot format it with `panic!` (at compile time, in a `static`,
+    /// this is the compile error). Under loom the constructors are not `const` and format the
+    /// error themselves.
+    #[cfg(not(loom))]
+    pub(crate) const fn panic_in(&self, constructor: &str) -> ! {
+        let message = Message::new()
+            .str("atomic-throttle: ")
+            .str(constructor)
+            .str(": ");
+        let message = self.describe(message);
+        panic!("{}", message.as_str())
+    }
+}
 
 impl fmt::Display for ThresholdError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{what} {:?} ({:.0} years) exceeds the largest representable {what}, {:?} \
-             ({:.0} years)",
-            self.requested,
-            self.requested.as_secs_f64() / SECONDS_PER_YEAR,
-            self.max(),
-            self.max().as_secs_f64() / SECONDS_PER_YEAR,
-            what = self.what,
-        )
+        f.write_str(self.describe(Message::new()).as_str())
+    }
+}
+
+/// A short ASCII message built by `const` code, which cannot use `format!`.
+struct Message {
+    bytes: [u8; Message::CAPACITY],
+    len: usize,
+}
+
+impl Message {
+    /// Room for the longest message above (about 220 bytes); more is cut off, never a panic.
+    const CAPACITY: usize = 320;
+
+    const fn new() -> Self {
+        Self {
+            bytes: [0; Self::CAPACITY],
+            len: 0,
+        }
+    }
+
+    const fn byte(mut self, byte: u8) -> Self {
+        if self.len < Self::CAPACITY {
+            self.bytes[self.len] = byte;
+            self.len += 1;
+        }
+        self
+    }
+
+    const fn str(mut self, text: &str) -> Self {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            self = self.byte(bytes[i]);
+            i += 1;
+        }
+        self
+    }
+
+    /// `value` in decimal, every digit.
+    const fn u128(mut self, value: u128) -> Self {
+        let mut digits = [0u8; 39]; // u128::MAX has 39 digits
+        let (mut value, mut count) = (value, 0);
+        loop {
+            digits[count] = b'0' + (value % 10) as u8;
+            count += 1;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
+        }
+        while count > 0 {
+            count -= 1;
+            self = self.byte(digits[count]);
+        }
+        self
+    }
+
+    const fn as_str(&self) -> &str {
+        let (text, _) = self.bytes.split_at(self.len);
+        // Only ASCII is ever written, so the bytes are always UTF-8.
+        match core::str::from_utf8(text) {
+            Ok(text) => text,
+            Err(_) => "",
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::clock::{Clock, DefaultClock};
 use crate::error::ThresholdError;
+use crate::state::Mode;
 use crate::sync::{self, Mutex};
 use crate::throttle::{Admission, Throttle};
 use crate::throttled::Outcome;
@@ -31,6 +32,11 @@ use core::time::Duration;
 /// The slot is a mutex held only to move one value in or out, never while the work runs; a
 /// replaced value is dropped outside it. Calls therefore take the lock once each; the
 /// admission itself stays lock-free.
+///
+/// **Leading-only mode.** A [leading-only](Mode::LeadingOnly) throttle defers no run, so no
+/// value ever waits for one and the slot is not used: `call` admits first, a Now run gets the
+/// caller's own value, and a [`Suppressed`](Outcome::Suppressed) caller's value is dropped
+/// before `call` returns (no run will ever take it, so it is not kept).
 ///
 /// [`Throttled::call`]: crate::Throttled::call
 ///
@@ -82,7 +88,7 @@ where
     pub fn new(threshold: Duration, work: F) -> Self {
         match Self::try_new(threshold, work) {
             Ok(latest) => latest,
-            Err(err) => panic!("Latest::new: {err}"),
+            Err(err) => panic!("atomic-throttle: Latest::new: {err}"),
         }
     }
 
@@ -144,6 +150,9 @@ where
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn call(&self, value: T) -> Outcome<R> {
+        if self.throttle.mode() == Mode::LeadingOnly {
+            return self.call_leading_only(value);
+        }
         let late = sync::is_mutant(sync::mutant!(LateValue));
         let mut value = Some(value);
         if !late {
@@ -170,7 +179,8 @@ where
     }
 
     /// Whether a value waits in the slot for a run to take it: true only while a run that
-    /// will take it is still to come (or when its throttle's deferral was cancelled).
+    /// will take it is still to come (or when its throttle's deferral was cancelled). Never
+    /// true in leading-only mode, where a suppressed caller's value is dropped at once.
     ///
     /// # Examples
     ///
@@ -199,6 +209,21 @@ where
     /// ```
     pub fn throttle(&self) -> &Throttle<C> {
         &self.throttle
+    }
+
+    /// A call in leading-only mode: no run is ever deferred, so no value waits in the slot.
+    /// A Now run gets this caller's value; a Suppressed caller's value is dropped here.
+    fn call_leading_only(&self, value: T) -> Outcome<R> {
+        match self.throttle.admit() {
+            Admission::Now => Outcome::Now((self.work)(value)),
+            Admission::Suppressed { .. } => {
+                drop(value);
+                Outcome::Suppressed
+            }
+            Admission::Deferred(_) | Admission::Coalesced => {
+                unreachable!("a leading-only throttle neither defers nor coalesces")
+            }
+        }
     }
 
     /// Puts `value` in the slot, dropping the one it replaces outside the lock.

@@ -377,7 +377,7 @@ impl Throttle<DefaultClock> {
     /// ```
     #[cfg(not(loom))]
     pub const fn new(threshold: Duration) -> Self {
-        Self::with_mode(threshold, Mode::LeadingAndTrailing)
+        Self::const_new(threshold, Mode::LeadingAndTrailing, "Throttle::new")
     }
 
     /// A throttle on the process's [`DefaultClock`] in `mode`, with no lease and no counters:
@@ -399,11 +399,14 @@ impl Throttle<DefaultClock> {
     /// ```
     #[cfg(not(loom))]
     pub const fn with_mode(threshold: Duration, mode: Mode) -> Self {
+        Self::const_new(threshold, mode, "Throttle::with_mode")
+    }
+
+    /// The `const` constructors' work; `constructor` names the one called, for its panic.
+    #[cfg(not(loom))]
+    const fn const_new(threshold: Duration, mode: Mode, constructor: &str) -> Self {
         if threshold.as_nanos() > state::MAX_THRESHOLD_NANOS as u128 {
-            panic!(
-                "a throttle's threshold exceeds the largest representable threshold, \
-                 Throttle::MAX_THRESHOLD (2^62 ns, about 146 years)"
-            );
+            ThresholdError::threshold(threshold).panic_in(constructor);
         }
         let core = Core::new(
             threshold.as_nanos() as u64,
@@ -430,7 +433,7 @@ impl Throttle<DefaultClock> {
     pub fn with_mode(threshold: Duration, mode: Mode) -> Self {
         match Self::builder(threshold).mode(mode).build() {
             Ok(throttle) => throttle,
-            Err(err) => panic!("Throttle::with_mode: {err}"),
+            Err(err) => panic!("atomic-throttle: Throttle::with_mode: {err}"),
         }
     }
 
@@ -444,7 +447,7 @@ impl Throttle<DefaultClock> {
     pub fn new(threshold: Duration) -> Self {
         match Self::try_new(threshold) {
             Ok(throttle) => throttle,
-            Err(err) => panic!("Throttle::new: {err}"),
+            Err(err) => panic!("atomic-throttle: Throttle::new: {err}"),
         }
     }
 

@@ -118,7 +118,10 @@ impl<F> Throttled<F> {
     /// # let _ = flush;
     /// ```
     pub fn new(threshold: Duration, work: F) -> Self {
-        Self::from_throttle(Throttle::new(threshold), work)
+        match Self::try_new(threshold, work) {
+            Ok(throttled) => throttled,
+            Err(err) => panic!("atomic-throttle: Throttled::new: {err}"),
+        }
     }
 
     /// Wraps `work` in a throttle on the process's [`DefaultClock`].

@@ -84,7 +84,12 @@ fn a_lease_takes_an_abandoned_deferral_over_and_refuses_its_owner() {
         other => panic!("{other:?}"),
     }
     let stats = throttle.stats().unwrap();
-    assert_eq!((stats.leading, stats.takeovers, stats.coalesced), (1, 1, 1));
+    assert_eq!(
+        (stats.leading, stats.takeovers, stats.coalesced),
+        (1, 1, 1),
+        "the takeover's Now is counted in takeovers, not in leading"
+    );
+    assert_eq!((stats.deferred, stats.releases), (0, 0), "{stats:?}");
 }
 
 #[test]
@@ -227,9 +232,12 @@ fn what_debug_and_display_print() {
         .err()
         .unwrap();
     assert_eq!(err.what(), "shutdown grace");
-    assert!(err
-        .to_string()
-        .contains("largest representable shutdown grace"));
+    assert_eq!(
+        err.to_string(),
+        "shutdown grace of 18446744073709551615999999999 ns exceeds the largest accepted \
+         shutdown grace, 4611686018427387904 ns (Throttle::MAX_THRESHOLD: 2^62 ns, about 146 \
+         years)"
+    );
 }
 
 #[test]
@@ -284,6 +292,29 @@ fn clocks_report_what_they_are() {
     assert!(format!("{coarse:?}").contains("resolution: 200µs"));
     let tiny = CoarseClock::new(Duration::ZERO).unwrap();
     assert_eq!(tiny.resolution(), Duration::from_micros(1), "at least 1 us");
+}
+
+#[test]
+fn a_coarse_clock_refuses_a_resolution_it_could_not_keep_to() {
+    let largest = CoarseClock::new(CoarseClock::MAX_RESOLUTION).unwrap();
+    assert_eq!(largest.resolution(), Duration::from_secs(1));
+    for (resolution, nanos) in [
+        (
+            CoarseClock::MAX_RESOLUTION + Duration::from_nanos(1),
+            "1000000001",
+        ),
+        (Duration::MAX, "18446744073709551615999999999"),
+    ] {
+        let err = CoarseClock::new(resolution).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "CoarseClock resolution of {nanos} ns exceeds the largest accepted, \
+                 1000000000 ns (CoarseClock::MAX_RESOLUTION: 1 s)"
+            )
+        );
+    }
 }
 
 #[test]

@@ -47,6 +47,50 @@ fn the_value_is_the_blocks_when_it_runs() {
     assert_eq!(ran, [Some(0), None, None]);
 }
 
+/// The user's own items, named like the macro's statics, with other types.
+mod users_names {
+    use atomic_throttle::throttled;
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    use std::time::Duration;
+
+    static THROTTLE: &str = "the user's THROTTLE";
+    static SKIPPED: AtomicU32 = AtomicU32::new(7);
+    const THRESHOLD: Duration = Duration::from_secs(60);
+
+    fn site(seen: &mut Vec<(&'static str, u32, u64)>) -> Option<usize> {
+        throttled!(THRESHOLD, |skipped| {
+            seen.push((THROTTLE, SKIPPED.fetch_add(1, Relaxed), skipped));
+            THROTTLE.len()
+        })
+    }
+
+    fn site_without_count() -> Option<u32> {
+        throttled!(THRESHOLD, { SKIPPED.load(Relaxed) + THROTTLE.len() as u32 })
+    }
+
+    #[test]
+    fn the_body_sees_the_users_items_named_throttle_and_skipped() {
+        let mut seen = Vec::new();
+        assert_eq!(site(&mut seen), Some(19));
+        assert_eq!(site(&mut seen), None);
+        assert_eq!(seen, [("the user's THROTTLE", 7, 0)]);
+        assert_eq!(site_without_count(), Some(8 + 19));
+        assert_eq!(site_without_count(), None);
+    }
+}
+
+#[test]
+fn the_body_sees_the_users_local_bindings_named_throttle_and_skipped() {
+    #[allow(non_snake_case)]
+    let (THROTTLE, SKIPPED) = ("a local", 3u8);
+    let ran = throttled!(Duration::from_secs(60), |skipped| {
+        (THROTTLE, SKIPPED, skipped)
+    });
+    assert_eq!(ran, Some(("a local", 3, 0)));
+    let ran = throttled!(Duration::from_secs(60), { (THROTTLE, SKIPPED) });
+    assert_eq!(ran, Some(("a local", 3)));
+}
+
 // Under loom the constructors are not `const` (loom's atomics are not).
 #[cfg(not(loom))]
 mod statics {

@@ -272,6 +272,29 @@ fn a_keyed_deferral_releases_only_its_own_keys_claim_even_after_its_entry_was_re
 }
 
 #[test]
+fn a_keyed_takeover_is_counted_in_takeovers_not_in_leading() {
+    let clock = ManualClock::new();
+    let table: Table = KeyedThrottle::builder(T, 8)
+        .clock(clock.clone())
+        .lease(T)
+        .counting(true)
+        .build()
+        .unwrap();
+    assert!(table.admit(&1).is_now());
+    let late = deferred(table.admit(&1));
+    clock.advance(T * 2);
+    assert!(table.admit(&1).is_now(), "taken over");
+    let stats = table.stats().unwrap();
+    assert_eq!(
+        (stats.leading, stats.takeovers),
+        (1, 1),
+        "the takeover's Now is counted in takeovers, not in leading: {stats:?}"
+    );
+    drop(late);
+    assert_eq!(table.stats().unwrap().releases, 0, "a revoked drop");
+}
+
+#[test]
 fn a_revoked_deferral_dropped_after_its_entry_was_reused_spares_the_new_claim() {
     // The same, with a lease: key 1's owner never comes back, its own next call takes the
     // deferral over, the entry turns idle and goes to key 20, and only then is the old

@@ -95,7 +95,7 @@ fn every_value_is_dropped_exactly_once_and_taken_at_most_once() {
 }
 
 #[test]
-fn a_cancelled_run_leaves_its_value_for_the_next_and_leading_only_suppresses() {
+fn a_cancelled_run_leaves_its_value_for_the_next() {
     let clock = ManualClock::with_auto_advance(false);
     let latest = Latest::from_throttle(Throttle::with_clock(T, clock.clone()).unwrap(), |v: u32| v);
     assert_eq!(latest.call(1), Outcome::Now(1));
@@ -113,14 +113,37 @@ fn a_cancelled_run_leaves_its_value_for_the_next_and_leading_only_suppresses() {
     );
     clock.advance(T);
     assert_eq!(latest.call(3), Outcome::Now(3));
+}
 
+#[test]
+fn leading_only_drops_a_suppressed_callers_value_and_keeps_nothing() {
+    let drops = Arc::new(AtomicU64::new(0));
+    let clock = ManualClock::with_auto_advance(false);
     let leading = Throttle::builder(T)
-        .clock(ManualClock::new())
+        .clock(clock.clone())
         .mode(Mode::LeadingOnly)
         .build()
         .unwrap();
-    let latest = Latest::from_throttle(leading, |v: u32| v);
-    assert_eq!(latest.call(1), Outcome::Now(1));
-    assert_eq!(latest.call(2), Outcome::Suppressed);
-    assert!(format!("{latest:?}").contains("holds_a_value: true"));
+    let latest = Latest::from_throttle(leading, |v: Value| v.id);
+    assert_eq!(latest.call(Value::new(1, &drops)), Outcome::Now(1));
+    assert_eq!(drops.load(Relaxed), 1);
+    assert_eq!(latest.call(Value::new(2, &drops)), Outcome::Suppressed);
+    assert_eq!(
+        drops.load(Relaxed),
+        2,
+        "the suppressed value is dropped by the call"
+    );
+    assert!(
+        !latest.holds_a_value(),
+        "no run will take a suppressed value"
+    );
+    assert!(format!("{latest:?}").contains("holds_a_value: false"));
+    clock.advance(T);
+    assert_eq!(
+        latest.call(Value::new(3, &drops)),
+        Outcome::Now(3),
+        "the next run gets its own caller's value"
+    );
+    assert_eq!(drops.load(Relaxed), 3);
+    assert!(!latest.holds_a_value());
 }

@@ -1,7 +1,24 @@
 //! Guarantee 6: thresholds the word cannot represent are refused, never truncated.
 
-use atomic_throttle::{ManualClock, ThresholdError, Throttle, Throttled};
+use atomic_throttle::{
+    Detached, KeyedThrottle, Latest, ManualClock, ThresholdError, Throttle, Throttled,
+};
 use std::time::Duration;
+
+/// The limit's part of every message: exact, then readable.
+const LIMIT: &str =
+    "the largest accepted threshold, 4611686018427387904 ns (Throttle::MAX_THRESHOLD: 2^62 ns, \
+     about 146 years)";
+
+/// What a panic said, whether its payload is a `&str` or a `String`.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(not text)".into(), |text| text.to_string()),
+    }
+}
 
 #[test]
 fn the_largest_threshold_is_accepted_and_works() {
@@ -26,14 +43,12 @@ fn the_const_constructors_accept_the_largest_threshold_and_refuse_one_more() {
     let past = Throttle::MAX_THRESHOLD + Duration::from_nanos(1);
     let refused =
         std::panic::catch_unwind(|| Throttle::with_mode(past, atomic_throttle::Mode::LeadingOnly));
-    let message = refused
-        .err()
-        .and_then(|p| p.downcast_ref::<&str>().map(|s| s.to_string()));
-    assert!(
-        message
-            .as_deref()
-            .is_some_and(|m| m.contains("Throttle::MAX_THRESHOLD (2^62 ns, about 146 years)")),
-        "{message:?}"
+    assert_eq!(
+        panic_message(refused.unwrap_err()),
+        format!(
+            "atomic-throttle: Throttle::with_mode: threshold of 4611686018427387905 ns exceeds \
+             {LIMIT}"
+        )
     );
 }
 
@@ -76,15 +91,74 @@ fn the_error_says_what_was_wrong_and_what_the_limit_is() {
     let text = Throttle::try_new(six_hundred_years)
         .unwrap_err()
         .to_string();
-    assert!(text.contains("600 years"), "{text}");
-    assert!(text.contains("largest representable threshold"), "{text}");
-    assert!(text.contains("146 years"), "{text}");
+    assert_eq!(
+        text,
+        format!("threshold of 18934560000000000000 ns exceeds {LIMIT}")
+    );
 }
 
 #[test]
-#[should_panic(expected = "exceeds the largest representable threshold")]
+fn one_nanosecond_over_the_limit_reads_differently_from_the_limit() {
+    let past = Throttle::MAX_THRESHOLD + Duration::from_nanos(1);
+    assert_eq!(
+        Throttle::try_new(past).unwrap_err().to_string(),
+        format!("threshold of 4611686018427387905 ns exceeds {LIMIT}")
+    );
+    assert_eq!(
+        Throttle::try_new(Duration::MAX).unwrap_err().to_string(),
+        format!("threshold of 18446744073709551615999999999 ns exceeds {LIMIT}")
+    );
+    let lease = Throttle::builder(Duration::ZERO)
+        .lease(past)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        lease.to_string(),
+        "lease of 4611686018427387905 ns exceeds the largest accepted lease, \
+         4611686018427387904 ns (Throttle::MAX_THRESHOLD: 2^62 ns, about 146 years)"
+    );
+}
+
+#[test]
+#[should_panic(expected = "atomic-throttle: Throttle::new: threshold of \
+                           18446744073709551615999999999 ns exceeds the largest accepted \
+                           threshold, 4611686018427387904 ns (Throttle::MAX_THRESHOLD: 2^62 \
+                           ns, about 146 years)")]
 fn new_panics_with_the_reason() {
     let _ = Throttle::new(Duration::MAX);
+}
+
+#[test]
+#[should_panic(expected = "atomic-throttle: Throttled::new: threshold of \
+                           18446744073709551615999999999 ns exceeds the largest accepted \
+                           threshold, 4611686018427387904 ns (Throttle::MAX_THRESHOLD: 2^62 \
+                           ns, about 146 years)")]
+fn throttled_new_panics_with_the_exact_values() {
+    let _ = Throttled::new(Duration::MAX, || ());
+}
+
+#[test]
+fn every_panicking_constructor_names_the_crate_itself_and_the_values() {
+    let past = Throttle::MAX_THRESHOLD + Duration::from_nanos(1);
+    let reason = format!("threshold of 4611686018427387905 ns exceeds {LIMIT}");
+    let said = |constructor: &str, build: &dyn Fn()| {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).unwrap_err();
+        assert_eq!(
+            panic_message(payload),
+            format!("atomic-throttle: {constructor}: {reason}")
+        );
+    };
+    said("Throttle::new", &|| drop(Throttle::new(past)));
+    said("Throttled::new", &|| drop(Throttled::new(past, || ())));
+    said("Latest::new", &|| drop(Latest::new(past, |_: u8| ())));
+    said("KeyedThrottle::new", &|| {
+        drop(KeyedThrottle::<u8>::new(past, 8))
+    });
+    said("Detached::new", &|| drop(Detached::new(past, || ())));
+    #[cfg(feature = "tokio")]
+    said("AsyncThrottled::new", &|| {
+        drop(atomic_throttle::AsyncThrottled::new(past, async || ()))
+    });
 }
 
 #[test]

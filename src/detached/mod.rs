@@ -255,11 +255,13 @@ where
     pub fn new(threshold: Duration, work: F) -> Self {
         let throttle = match Throttle::try_new(threshold) {
             Ok(throttle) => throttle,
-            Err(err) => panic!("Detached::new: {err}"),
+            Err(err) => panic!("atomic-throttle: Detached::new: {err}"),
         };
         match Detached::builder(throttle).spawn(work) {
             Ok(detached) => detached,
-            Err(err) => panic!("Detached::new: cannot start the timer thread: {err}"),
+            Err(err) => {
+                panic!("atomic-throttle: Detached::new: cannot start the timer thread: {err}")
+            }
         }
     }
 }

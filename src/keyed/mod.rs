@@ -548,7 +548,7 @@ impl<K: Hash + ?Sized> KeyedThrottle<K> {
     pub fn new(threshold: Duration, capacity: usize) -> Self {
         match Self::try_new(threshold, capacity) {
             Ok(throttle) => throttle,
-            Err(err) => panic!("KeyedThrottle::new: {err}"),
+            Err(err) => panic!("atomic-throttle: KeyedThrottle::new: {err}"),
         }
     }
 
@@ -594,7 +594,7 @@ impl<K: Hash + ?Sized> KeyedThrottle<K> {
     pub fn builder(threshold: Duration, capacity: usize) -> KeyedThrottleBuilder<K> {
         assert!(
             capacity <= Self::MAX_CAPACITY,
-            "KeyedThrottle: a capacity of {capacity} entries exceeds \
+            "atomic-throttle: KeyedThrottle: a capacity of {capacity} entries exceeds \
              KeyedThrottle::MAX_CAPACITY (2^30 entries)"
         );
         KeyedThrottleBuilder {

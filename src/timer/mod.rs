@@ -170,7 +170,9 @@ impl SharedTimer<DefaultClock> {
     pub fn new() -> Self {
         match Self::builder().spawn() {
             Ok(timer) => timer,
-            Err(err) => panic!("SharedTimer::new: cannot start the timer's threads: {err}"),
+            Err(err) => {
+                panic!("atomic-throttle: SharedTimer::new: cannot start the timer's threads: {err}")
+            }
         }
     }
 
