@@ -377,7 +377,10 @@ impl DefaultClock {
     /// ```
     /// use atomic_throttle::{Clock, ClockSource, DefaultClock};
     /// let _ = DefaultClock::new().now_nanos();
-    /// assert_eq!(DefaultClock::source(), ClockSource::Tsc); // on a machine with synced TSCs
+    /// match DefaultClock::source() {
+    ///     ClockSource::Tsc => println!("reading the TSC"), // a machine with synced TSCs
+    ///     ClockSource::Os => println!("reading the OS clock: a skewed TSC was detected"),
+    /// }
     /// ```
     pub fn source() -> ClockSource {
         #[cfg(not(loom))]

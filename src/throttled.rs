@@ -319,6 +319,7 @@ impl<F, C: Clock> Throttled<F, C> {
     ///     let owner = s.spawn(|| refresh.call_covered());
     ///     while !refresh.throttle().is_pending() {}
     ///     let waiter = s.spawn(|| refresh.call_covered());
+    ///     while refresh.waiting() < 1 {} // until the waiter waits for the owner's run
     ///     clock.advance(Duration::from_millis(50));
     ///     assert_eq!(owner.join().unwrap(), Outcome::Deferred("fresh"));
     ///     assert_eq!(waiter.join().unwrap(), Outcome::Covered("fresh"));

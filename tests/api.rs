@@ -278,7 +278,12 @@ fn clocks_report_what_they_are() {
     quick.sleep(Duration::from_micros(3));
     quick.sleep(Duration::from_micros(500));
     assert!(default.now_nanos() > earlier);
-    assert_eq!(DefaultClock::source(), ClockSource::Tsc);
+    // The TSC on a machine with synced TSCs; the OS clock where a skew was detected (some
+    // virtual machines): either is a working clock, which the lines above checked.
+    assert!(matches!(
+        DefaultClock::source(),
+        ClockSource::Tsc | ClockSource::Os
+    ));
 
     let coarse = CoarseClock::new(Duration::from_micros(200)).unwrap();
     assert_eq!(coarse.resolution(), Duration::from_micros(200));
