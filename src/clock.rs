@@ -10,7 +10,9 @@ use core::time::Duration;
 ///
 /// The throttle tolerates clocks that misbehave: a reading earlier than the last stamp counts
 /// as no time, and a reading far in the future causes no overflow. Readings need only fit in a
-/// `u64`; the throttle keeps time up to 2^54 us (about 570 years) past the origin.
+/// `u64`; the throttle keeps time up to 2^54 us (about 570 years) past the origin. A reading
+/// far in the future is not undone, though: a run stamped there holds later calls back until
+/// the clock catches up, so a clock should never run ahead of the time it reports next.
 ///
 /// Only [`now_nanos`](Clock::now_nanos) is required. A clock that keeps its own time, as
 /// [`ManualClock`] does, also implements [`wait_for`](Clock::wait_for) and

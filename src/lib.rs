@@ -51,6 +51,11 @@
 //!    compare-and-swap means another caller's succeeded.
 //! 5. **Clock faults.** A clock that steps backwards counts the step as no time, so a step of
 //!    `d` delays the next run by up to `d`; one that jumps far forward causes no overflow.
+//!    A jump forward is not undone: one reading far in the future stamps a run there, and
+//!    the throttle then answers as if that run had just happened until the clock catches
+//!    up (a [lease](ThrottleBuilder::lease) cannot help, as the stamp is a run's, not an
+//!    owner's). The [`DefaultClock`] never goes back and never jumps ahead of real time;
+//!    a custom clock should be monotonic.
 //!    Neither causes a panic, a stranded deferral or a second run inside the threshold. The
 //!    [`DefaultClock`] switches to the OS clock if its TSC is caught stepping back by more
 //!    than 10 ms between threads.

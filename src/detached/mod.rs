@@ -36,8 +36,14 @@ use std::sync::Arc;
 /// **Spacing of the work itself.** The timer thread stamps each run when it starts the work,
 /// and starts no work less than the threshold after the last work it started: however late it
 /// wakes, consecutive starts of the work on the timer thread are at least the threshold apart
-/// on the throttle's clock. With [`LeadingRun::Inline`], a leading run is stamped by its
-/// caller's admission and runs on that caller's thread, so its start can trail its stamp.
+/// on the throttle's clock. The work's own first reading trails its stamp by the few
+/// instructions between them, plus however long the thread is preempted right there, which
+/// no user-space code can prevent: on a machine with more busy threads than cores, a start can
+/// come closer to the previous one than the threshold, by as long as the preemption (rare:
+/// hundreds of microseconds in about one pair in three hundred on a loaded two-core machine;
+/// the crate's load tests check that every such shortfall is the earlier run's own lag from
+/// its stamp). The stamps themselves are always at least a threshold apart. With [`LeadingRun::Inline`], a leading run is stamped by its caller's admission and
+/// runs on that caller's thread, so its start can trail its stamp.
 ///
 /// **Nothing strands a run.** A panic in the work, in the [`on_panic`](DetachedBuilder::on_panic)
 /// hook, in dropping a panic's payload, or in the clock on the timer thread is caught: it is
@@ -86,8 +92,9 @@ use std::sync::Arc;
 ///
 /// **In a `static`.** A named function needs no cast: the static's type says `fn()`, and the
 /// function coerces to it. A `static` is never dropped, so call
-/// [`shutdown`](Detached::shutdown) (through `&self`) before the process exits, or its last
-/// pending run is lost with the process. A call site that only needs "at most once per
+/// [`shutdown`](Detached::shutdown) (through `&self`) before the process exits, or whatever
+/// it has not run yet (a queued leading run as well as the pending deferred one) is lost with
+/// the process. A call site that only needs "at most once per
 /// threshold", with no trailing run, is simpler still with [`throttled!`](crate::throttled).
 ///
 /// ```
