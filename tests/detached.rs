@@ -380,7 +380,7 @@ fn dropping_the_last_handle_on_the_timer_thread_stops_it_without_joining_itself(
         let handle: Arc<Mutex<Weak<Handle>>> = Arc::default();
         let dropped_on = Arc::new(Mutex::new(None));
         let holding = Arc::new(AtomicBool::new(false));
-        let work: Box<dyn Fn() + Send + Sync> = Box::new({
+        let work: Work = Box::new({
             let (handle, dropped_on, holding) =
                 (handle.clone(), dropped_on.clone(), holding.clone());
             move || {
@@ -728,11 +728,11 @@ fn a_shorter_threshold_wakes_the_timer_thread_for_the_earlier_deadline() {
 /// when it began, rather than running the work back to back.
 fn a_self_rearming_work_lets_the_shutdown_end(timer: Option<&SharedTimer>) {
     const T: Duration = Duration::from_millis(2);
-    let handle: Arc<std::sync::OnceLock<Weak<Detached<Box<dyn Fn() + Send + Sync>>>>> =
-        Arc::default();
+    type Work = Box<dyn Fn() + Send + Sync>;
+    let handle: Arc<std::sync::OnceLock<Weak<Detached<Work>>>> = Arc::default();
     let runs = Arc::new(AtomicU64::new(0));
     let closed_inside = Arc::new(AtomicU64::new(0));
-    let work: Box<dyn Fn() + Send + Sync> = Box::new({
+    let work: Work = Box::new({
         let (handle, runs, closed_inside) = (handle.clone(), runs.clone(), closed_inside.clone());
         move || {
             runs.fetch_add(1, Relaxed);
