@@ -1,12 +1,13 @@
 //! Hammers one throttled publisher from every core, then the same load on a port of upstream
 //! Neutron's try-lock `throttler` and on a mutex port of the fix proposed in a review of a
-//! `Throttler` class, and compares.
+//! `Throttler` class, and compares. `--keys N` hammers a `KeyedThrottle` over N keys instead.
 //!
 //! ```text
 //! cargo run --release --example demo [-- --threads N --threshold-us N --seconds N]
 //! cargo run --release --example demo -- --detached       # a Detached publisher instead
 //! cargo run --release --example demo -- --count          # leading-only, suppressed counts
 //! cargo run --release --example demo -- --timeline FILE  # events of one short run, as CSV
+//! cargo run --release --example demo -- --keys N         # a KeyedThrottle over N keys
 //! ```
 
 #[path = "../benches/support/neutron_mutex.rs"]
@@ -17,15 +18,51 @@ mod neutron_trylock;
 mod stamp_clock;
 
 use atomic_throttle::{
-    Admission, Clock, DefaultClock, Detached, Dispatch, LeadingRun, Mode, Outcome, Throttle,
-    Throttled,
+    Admission, Clock, DefaultClock, Detached, Dispatch, KeyedAdmission, KeyedDeferral,
+    KeyedThrottle, LeadingRun, Mode, NotRun, Outcome, Throttle, Throttled,
 };
 use neutron_mutex::{MutexAnswer, NeutronMutex};
 use neutron_trylock::{NeutronTryLock, TryLockAnswer};
 use stamp_clock::{last_reading, StampClock};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicIsize, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
+
+/// Counts the bytes the process holds on the heap, for `--keys`: one relaxed atomic add per
+/// allocation or free, which the other modes do not notice.
+struct Counting;
+
+static HELD: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size() as isize, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size() as isize, Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size() as isize, Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD.fetch_add(new_size as isize - layout.size() as isize, Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The bytes the process holds on the heap now.
+fn heap_held() -> isize {
+    HELD.load(Relaxed)
+}
 
 /// Calls timed together; one pair of clock reads costs more than an admission.
 const BATCH: u64 = 32;
@@ -271,6 +308,7 @@ struct Options {
     detached: bool,
     count: bool,
     timeline: Option<String>,
+    keys: Option<usize>,
 }
 
 fn options() -> Options {
@@ -281,6 +319,7 @@ fn options() -> Options {
         detached: false,
         count: false,
         timeline: None,
+        keys: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -304,6 +343,13 @@ fn options() -> Options {
             "--detached" => options.detached = true,
             "--count" => options.count = true,
             "--timeline" => options.timeline = Some(value()),
+            "--keys" => {
+                let keys = value().parse().unwrap_or_else(|_| usage("bad --keys"));
+                if keys == 0 || keys > KeyedThrottle::<u64>::MAX_CAPACITY / 2 {
+                    usage("--keys must be positive and at most 2^29");
+                }
+                options.keys = Some(keys);
+            }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -321,6 +367,9 @@ fn main() {
     }
     if options.count {
         return count(&options);
+    }
+    if let Some(keys) = options.keys {
+        return keyed(&options, keys);
     }
     let (threads, threshold, seconds) = (options.threads, options.threshold, options.seconds);
     let clock = StampClock(DefaultClock::new());
@@ -532,20 +581,357 @@ fn timeline(options: &Options, file: &str) {
     println!("wrote {} events to {file}", events.len());
 }
 
+/// `--keys N`: how many keys of the N take half the calls.
+const HOT_KEYS: u64 = 8;
+/// `--keys N`: one call in this many is timed, and is where due deferrals are run.
+const SAMPLE_EVERY: u32 = 64;
+/// `--keys N`: no run of the key yet.
+const NO_RUN: u64 = u64::MAX;
+
+/// The next word of a per-thread xorshift64* generator; `state` must not be zero.
+fn xorshift(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// The key of one call, from a random word: bit 0 sends half the calls to the hot keys (the
+/// first `min(8, keys)`), the other half anywhere in `0..keys`; the high bits pick the key
+/// (a multiply, not a division, which would cost as much as the admission).
+fn pick_key(random: u64, keys: u64) -> u64 {
+    let span = if random & 1 == 0 {
+        keys.min(HOT_KEYS)
+    } else {
+        keys
+    };
+    ((u128::from(random) * u128::from(span)) >> 64) as u64
+}
+
+/// What the work records for `--keys`: each key's last run, and the smallest gap seen
+/// between two runs of one key.
+struct KeyRuns {
+    last: Vec<AtomicU64>,
+    min_gap: AtomicU64,
+}
+
+impl KeyRuns {
+    fn new(keys: usize) -> Self {
+        Self {
+            last: (0..keys).map(|_| AtomicU64::new(NO_RUN)).collect(),
+            min_gap: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The work of a run of `key`, started right after its stamp: `last_reading` is the stamp.
+    /// Runs of one key may record out of order; any two of them are a real pair of runs.
+    fn record(&self, key: u64) {
+        let now = last_reading();
+        let before = self.last[key as usize].swap(now, Relaxed);
+        if before != NO_RUN {
+            self.min_gap.fetch_min(now.abs_diff(before), Relaxed);
+        }
+    }
+}
+
+type KeyTable = KeyedThrottle<u64, StampClock>;
+
+/// A deferral a `--keys` thread holds until its deadline, in a heap that pops the earliest.
+struct Pending<'a> {
+    deadline: u64,
+    key: u64,
+    deferral: KeyedDeferral<&'a KeyTable>,
+}
+
+impl PartialEq for Pending<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.deadline == other.deadline
+    }
+}
+
+impl Eq for Pending<'_> {}
+
+impl PartialOrd for Pending<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pending<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.deadline.cmp(&self.deadline) // the earliest deadline on top
+    }
+}
+
+#[derive(Default)]
+struct KeyTally {
+    calls: u64,
+    leading: u64,
+    deferred: u64,
+    coalesced: u64,
+    full: u64,
+    /// Sampled costs of Coalesced admissions (hits), in ns.
+    hit_costs: Vec<u64>,
+}
+
+/// One `--keys` thread: its calls, and the deferrals it owns until they are due.
+struct KeyCaller<'a> {
+    throttle: &'a KeyTable,
+    runs: &'a KeyRuns,
+    pending: BinaryHeap<Pending<'a>>,
+    tally: KeyTally,
+}
+
+impl<'a> KeyCaller<'a> {
+    fn new(throttle: &'a KeyTable, runs: &'a KeyRuns) -> Self {
+        Self {
+            throttle,
+            runs,
+            pending: BinaryHeap::new(),
+            tally: KeyTally::default(),
+        }
+    }
+
+    /// One call for `key`; true if it was a hit, answered Coalesced.
+    fn call(&mut self, key: u64) -> bool {
+        self.tally.calls += 1;
+        match self.throttle.admit(&key) {
+            KeyedAdmission::Now => {
+                self.runs.record(key);
+                self.tally.leading += 1;
+            }
+            KeyedAdmission::Deferred(deferral) => self.pending.push(Pending {
+                deadline: deferral.deadline(),
+                key,
+                deferral,
+            }),
+            KeyedAdmission::Coalesced => {
+                self.tally.coalesced += 1;
+                return true;
+            }
+            KeyedAdmission::Full => self.tally.full += 1,
+            KeyedAdmission::Suppressed { .. } => unreachable!("not leading-only"),
+        }
+        false
+    }
+
+    /// Runs the deferrals whose deadline is `now` or earlier.
+    fn run_due(&mut self, now: u64) {
+        while self.pending.peek().is_some_and(|next| next.deadline <= now) {
+            let Pending { key, deferral, .. } = self.pending.pop().unwrap();
+            match deferral.try_run(|| self.runs.record(key)) {
+                Ok(()) => self.tally.deferred += 1,
+                Err(NotRun::NotDue(deferral)) => {
+                    let deadline = deferral.deadline();
+                    self.pending.push(Pending {
+                        deadline,
+                        key,
+                        deferral,
+                    });
+                    return;
+                }
+                Err(NotRun::Revoked(why)) => unreachable!("{why}: the demo cancels nothing"),
+            }
+        }
+    }
+
+    /// Time is up: runs what this thread still owns, each at its deadline.
+    fn finish(mut self) -> KeyTally {
+        while let Some(Pending { key, deferral, .. }) = self.pending.pop() {
+            match deferral.run(|| self.runs.record(key)) {
+                Ok(()) => self.tally.deferred += 1,
+                Err(why) => unreachable!("{why}: the demo cancels nothing"),
+            }
+        }
+        self.tally
+    }
+}
+
+/// `--keys N`: every thread calls one keyed throttle over N keys, half the calls on 8 hot
+/// keys. Each caller keeps its deferrals and runs them once due, between calls (`try_run`),
+/// so that no thread sleeps while others call; the work checks spacing per key. Then the
+/// table's memory, and a burst of 10 N new keys that must not make it grow.
+fn keyed(options: &Options, keys: usize) {
+    let (threads, threshold, seconds) = (options.threads, options.threshold, options.seconds);
+    let timer = DefaultClock::new();
+    timer.now_nanos(); // calibrate now, outside the measures
+    let clock = StampClock(timer);
+    let capacity = 2 * keys;
+    let held = heap_held();
+    let throttle: KeyTable = KeyedThrottle::builder(threshold, capacity)
+        .clock(clock)
+        .build()
+        .unwrap_or_else(|err| usage(&err.to_string()));
+    let table_bytes = heap_held() - held;
+    println!(
+        "atomic-throttle demo: {threads} threads call one keyed throttle over {keys} keys \
+         (half the calls on {} hot keys) for {seconds} s, threshold {threshold:?}, \
+         capacity {} entries\n",
+        HOT_KEYS.min(keys as u64),
+        throttle.capacity()
+    );
+    let clock_cost = {
+        let mut pairs: Vec<u64> = (0..1000)
+            .map(|_| {
+                let first = timer.now_nanos();
+                timer.now_nanos().saturating_sub(first)
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs[pairs.len() / 2]
+    };
+
+    let runs = KeyRuns::new(keys);
+    let barrier = Barrier::new(threads);
+    let end = AtomicU64::new(u64::MAX);
+    let started = std::time::Instant::now();
+    let tallies: Vec<KeyTally> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|index| {
+                let (throttle, runs, barrier, end) = (&throttle, &runs, &barrier, &end);
+                scope.spawn(move || {
+                    let mut caller = KeyCaller::new(throttle, runs);
+                    let mut random = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    if barrier.wait().is_leader() {
+                        end.store(timer.now_nanos() + (seconds * 1e9) as u64, Relaxed);
+                    }
+                    barrier.wait();
+                    let end = end.load(Relaxed);
+                    loop {
+                        for _ in 1..SAMPLE_EVERY {
+                            caller.call(pick_key(xorshift(&mut random), keys as u64));
+                        }
+                        // The timed call. `timer` is not the throttle's clock, so its readings
+                        // leave the stamp that the work reads alone.
+                        let key = pick_key(xorshift(&mut random), keys as u64);
+                        let now = timer.now_nanos();
+                        if now >= end {
+                            break;
+                        }
+                        if caller.call(key) {
+                            let cost = timer.now_nanos().saturating_sub(now);
+                            caller.tally.hit_costs.push(cost);
+                        }
+                        caller.run_due(now);
+                    }
+                    caller.finish()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let live_at_end = throttle.live_entries();
+    let refused = throttle.refused();
+
+    let mut total = KeyTally::default();
+    for tally in tallies {
+        total.calls += tally.calls;
+        total.leading += tally.leading;
+        total.deferred += tally.deferred;
+        total.coalesced += tally.coalesced;
+        total.full += tally.full;
+        total.hit_costs.extend(tally.hit_costs);
+    }
+    total.hit_costs.sort_unstable();
+    let costs = &total.hit_costs;
+    let percentile = |p: usize| costs.get(costs.len() * p / 100).copied();
+
+    // A burst of new keys, one call each, none seen before: entries are taken over or refused,
+    // and nothing is allocated.
+    let burst = 10 * keys as u64;
+    let (live_before, held_before) = (throttle.live_entries(), heap_held());
+    let mut taken = 0u64;
+    for key in keys as u64..keys as u64 + burst {
+        taken += u64::from(!throttle.admit(&key).is_full());
+    }
+    let (live_after, held_after) = (throttle.live_entries(), heap_held());
+
+    let min_gap = runs.min_gap.load(Relaxed);
+    println!(
+        "  calls                                  {:>14}  ({:.3e} per second)",
+        total.calls,
+        total.calls as f64 / elapsed
+    );
+    println!(
+        "  runs: leading + deferred               {:>14}",
+        format!("{} + {}", total.leading, total.deferred)
+    );
+    println!(
+        "  coalesced                              {:>14}",
+        total.coalesced
+    );
+    println!(
+        "  full answers / refused()               {:>14}",
+        format!("{} / {refused}", total.full)
+    );
+    println!(
+        "  live entries at the end                {:>14}  (of {})",
+        live_at_end,
+        throttle.capacity()
+    );
+    println!(
+        "  smallest gap between two runs of a key {:>14}  (threshold {threshold:?})",
+        if min_gap == u64::MAX {
+            "-".to_string()
+        } else {
+            format!("{:.3} ms", min_gap as f64 / 1e6)
+        }
+    );
+    println!(
+        "  keyed throttle's heap                  {table_bytes:>14}  bytes: {:.1} per entry, \
+         {:.1} per key",
+        table_bytes as f64 / throttle.capacity() as f64,
+        table_bytes as f64 / keys as f64
+    );
+    match (percentile(50), percentile(99)) {
+        (Some(p50), Some(p99)) => println!(
+            "  admission cost on hits, p50 / p99      {:>14}  (Coalesced calls, 1 call in \
+             {SAMPLE_EVERY} timed, {} samples; a clock read, about {clock_cost} ns, included)",
+            format!("{p50} / {p99} ns"),
+            costs.len()
+        ),
+        _ => println!("  admission cost on hits                 no Coalesced call was sampled"),
+    }
+    println!(
+        "  {burst} new keys, one call each: {taken} taken, {} full; live entries \
+         {live_before} -> {live_after} (of {}), heap {held_before} -> {held_after} bytes",
+        burst - taken,
+        throttle.capacity()
+    );
+    println!();
+    let spaced = min_gap >= threshold.as_nanos() as u64;
+    let bounded = held_after <= held_before && live_after <= throttle.capacity();
+    println!(
+        "spacing (guarantee 1): every two runs of one key at least {threshold:?} apart: {}",
+        if spaced { "yes" } else { "NO" }
+    );
+    println!(
+        "bounded memory: {burst} new keys allocated nothing and the table stayed in capacity: {}",
+        if bounded { "yes" } else { "NO" }
+    );
+    if !spaced || !bounded {
+        std::process::exit(1);
+    }
+}
+
 fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("demo: {problem}");
     }
     eprintln!(
         "usage: cargo run --release --example demo \
-         [-- --threads N --threshold-us N --seconds N --detached --count --timeline FILE]"
+         [-- --threads N --threshold-us N --seconds N --detached --count --timeline FILE \
+         --keys N]"
     );
     std::process::exit(if problem.is_empty() { 0 } else { 2 })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{compared, Better};
+    use super::{compared, pick_key, xorshift, Better, HOT_KEYS};
 
     const COST: [&str; 2] = ["cheaper", "dearer"];
     const RATE: [&str; 2] = ["more calls", "fewer calls"];
@@ -575,5 +961,22 @@ mod tests {
             compared(0.0, 12.0, Better::Lower, COST),
             "no ratio (0 against 12)"
         );
+    }
+
+    #[test]
+    fn keys_stay_in_the_key_space_and_half_are_hot() {
+        assert_eq!(pick_key(u64::MAX, 10_000), 9_999); // odd: anywhere
+        assert_eq!(pick_key(u64::MAX - 1, 10_000), HOT_KEYS - 1); // even: hot
+        for keys in [1, 3, 8, 10_000] {
+            let mut random = 1;
+            let picks: Vec<u64> = (0..10_000)
+                .map(|_| pick_key(xorshift(&mut random), keys))
+                .collect();
+            assert!(picks.iter().all(|&key| key < keys));
+            let hot = picks.iter().filter(|&&key| key < HOT_KEYS).count();
+            if keys == 10_000 {
+                assert!((4_800..5_300).contains(&hot), "{hot} hot calls of 10000");
+            }
+        }
     }
 }
