@@ -380,7 +380,7 @@ fn dropping_the_last_handle_on_the_timer_thread_stops_it_without_joining_itself(
         let handle: Arc<Mutex<Weak<Handle>>> = Arc::default();
         let dropped_on = Arc::new(Mutex::new(None));
         let holding = Arc::new(AtomicBool::new(false));
-        let work: Work = Box::new({
+        let work: Box<dyn Fn() + Send + Sync> = Box::new({
             let (handle, dropped_on, holding) =
                 (handle.clone(), dropped_on.clone(), holding.clone());
             move || {
