@@ -603,6 +603,32 @@ mod tsc {
             assert_eq!(clock.source(), ClockSource::Tsc);
         }
 
+        /// A TSC that reads what the test scripts, one reading at a time.
+        struct Scripted(std::sync::Mutex<Vec<u64>>);
+
+        impl Source for Scripted {
+            fn read(&self) -> u64 {
+                self.0.lock().unwrap().remove(0)
+            }
+        }
+
+        #[test]
+        fn a_step_back_of_exactly_the_bound_is_tolerated_and_one_more_switches() {
+            const HIGH: u64 = 5_000_000_000;
+            const BOUND: u64 = 10_000_000;
+            let readings = vec![HIGH, HIGH - BOUND, HIGH - BOUND - 1];
+            let clock = Watched::new(Scripted(std::sync::Mutex::new(readings)), BOUND);
+            assert_eq!(clock.now_nanos(), HIGH, "published as the mark");
+            assert_eq!(clock.now_nanos(), HIGH - BOUND);
+            assert_eq!(
+                clock.source(),
+                ClockSource::Tsc,
+                "a step of the bound is tolerated"
+            );
+            assert!(clock.now_nanos() >= HIGH, "continued from the mark");
+            assert_eq!(clock.source(), ClockSource::Os, "one more is a skew");
+        }
+
         #[test]
         fn the_process_clock_moves_forward() {
             let clock = process();

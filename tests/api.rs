@@ -6,6 +6,7 @@ use atomic_throttle::{
     LeadingRun, ManualClock, Mode, NotRun, Outcome, Revoked, Shutdown, Stats, ThresholdError,
     Throttle, Throttled,
 };
+use std::sync::Arc;
 use std::time::Duration;
 
 const T: Duration = Duration::from_millis(10);
@@ -384,4 +385,76 @@ fn a_coalesced_call_reads_no_clock_unless_a_lease_is_set() {
         clock.reads() > before,
         "with a lease, a Coalesced answer reads the clock"
     );
+}
+
+/// A clock that records which of its methods were called.
+#[derive(Default)]
+struct Recording {
+    calls: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl atomic_throttle::Clock for Recording {
+    fn now_nanos(&self) -> u64 {
+        self.calls.lock().unwrap().push("now_nanos");
+        7
+    }
+    fn wait_for(&self, _: atomic_throttle::Waiter<'_>, _: u64) -> atomic_throttle::Wait {
+        self.calls.lock().unwrap().push("wait_for");
+        atomic_throttle::Wait::Now
+    }
+    fn done_waiting(&self, _: atomic_throttle::Waiter<'_>) {
+        self.calls.lock().unwrap().push("done_waiting");
+    }
+    fn sleep(&self, _: Duration) {
+        self.calls.lock().unwrap().push("sleep");
+    }
+}
+
+/// Every method of a clock seen through `&C` or `Arc<C>` is the clock's own.
+fn uses_every_method(clock: impl atomic_throttle::Clock) {
+    let waiter = atomic_throttle::Waiter::new(std::task::Waker::noop());
+    assert_eq!(clock.now_nanos(), 7);
+    assert_eq!(clock.wait_for(waiter, 1), atomic_throttle::Wait::Now);
+    clock.done_waiting(waiter);
+    clock.sleep(Duration::from_secs(3600));
+}
+
+#[test]
+fn references_to_a_clock_forward_every_method() {
+    let all = ["now_nanos", "wait_for", "done_waiting", "sleep"];
+    let clock = Recording::default();
+    uses_every_method(&clock);
+    assert_eq!(*clock.calls.lock().unwrap(), all);
+    let clock = Arc::new(Recording::default());
+    uses_every_method(clock.clone());
+    assert_eq!(*clock.calls.lock().unwrap(), all);
+}
+
+/// A clock that only reads time: the trait's default wait sleeps for real.
+struct ReadOnly;
+
+impl atomic_throttle::Clock for ReadOnly {
+    fn now_nanos(&self) -> u64 {
+        0
+    }
+}
+
+#[test]
+fn sleeps_block_for_about_their_duration() {
+    // A sleep may return early (a spurious wake-up), so one of three tries must block.
+    let blocks = |sleep: &dyn Fn()| {
+        (0..3).any(|_| {
+            let started = std::time::Instant::now();
+            sleep();
+            started.elapsed() >= Duration::from_millis(5)
+        })
+    };
+    assert!(blocks(&|| ReadOnly.sleep(Duration::from_millis(20))));
+    // The default clock parks until `spin` before the end, then busy-waits in steps.
+    let clock = DefaultClock::new().with_spin(Duration::from_micros(100));
+    assert!(blocks(&|| clock.sleep(Duration::from_millis(20))));
+    // Inside the spin it takes one short step and returns, for the waiter to look again.
+    let started = std::time::Instant::now();
+    clock.sleep(Duration::from_micros(100));
+    assert!(started.elapsed() < Duration::from_millis(500));
 }

@@ -695,3 +695,81 @@ async fn a_waiter_is_woken_when_a_handed_off_run_panics() {
     assert_eq!(calls.load(Relaxed), 2);
     assert!(!job.is_pending());
 }
+
+/// Every control and reading of `AsyncThrottled` reaches its throttle: flush and cancel say
+/// whether something was pending and wake the owner, a new threshold moves the deadline,
+/// counts and `waiting` are the throttle's.
+#[tokio::test(start_paused = true)]
+async fn the_wrapper_controls_and_reads_its_throttle() {
+    let throttle = Throttle::builder(T)
+        .clock(TokioClock::new())
+        .counting(true)
+        .build()
+        .unwrap();
+    let job = Arc::new(AsyncThrottled::from_throttle(throttle, async || 4));
+    assert_eq!(job.threshold(), T);
+    assert_eq!(job.last_run(), None);
+    assert!(!job.flush() && !job.cancel(), "nothing pending yet");
+    assert_eq!(job.call().await, Outcome::Now(4));
+    assert_eq!(job.last_run(), Some(0));
+    // A flush runs the pending call now, not at the deadline.
+    let owner = tokio::spawn({
+        let job = job.clone();
+        async move { (job.call().await, Instant::now()) }
+    });
+    while !job.is_pending() {
+        tokio::task::yield_now().await;
+    }
+    let flushed_at = Instant::now();
+    assert_eq!(job.call().await, Outcome::Coalesced);
+    let waiter = tokio::spawn({
+        let job = job.clone();
+        async move { job.call_covered().await }
+    });
+    while job.waiting() < 1 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(job.waiting(), 1);
+    assert!(job.flush());
+    let (outcome, ran_at) = owner.await.unwrap();
+    assert_eq!(outcome, Outcome::Deferred(4));
+    assert!(
+        ran_at - flushed_at < T,
+        "the flush ran it before its deadline"
+    );
+    assert_eq!(waiter.await.unwrap(), Outcome::Covered(4));
+    assert_eq!(job.waiting(), 0);
+    // A cancel: the owner is told, and the call after it claims afresh.
+    let owner = tokio::spawn({
+        let job = job.clone();
+        async move { job.call().await }
+    });
+    while !job.is_pending() {
+        tokio::task::yield_now().await;
+    }
+    assert!(job.cancel());
+    assert!(!job.cancel(), "idempotent");
+    assert_eq!(owner.await.unwrap(), Outcome::Revoked(Revoked::Cancelled));
+    assert!(!job.is_pending());
+    // A new threshold moves the deadline of the next deferred run.
+    job.set_threshold(4 * T).unwrap();
+    assert_eq!(job.threshold(), 4 * T);
+    assert!(job.set_threshold(Duration::MAX).is_err());
+    assert_eq!(
+        job.threshold(),
+        4 * T,
+        "a refused threshold changes nothing"
+    );
+    let before = Instant::now();
+    assert_eq!(job.call().await, Outcome::Deferred(4));
+    assert!(
+        Instant::now() - before > 2 * T,
+        "the run waited out the new threshold"
+    );
+    // The counts are the throttle's.
+    let stats = job.stats().expect("counting");
+    assert_eq!((stats.leading, stats.deferred, stats.cancels), (1, 2, 1));
+    assert_eq!(stats.coalesced, 2);
+    assert_eq!(job.take_skipped(), 2);
+    assert_eq!(job.take_skipped(), 0, "each count is taken once");
+}
