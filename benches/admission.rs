@@ -15,6 +15,38 @@
 //! `rate.Sometimes`, at 1 and 2 threads), `latest` (offering a value), and `mix` (windows
 //! turning over while two threads call). After criterion's report: the deferred run's
 //! lateness, the first reading's calibration, and sizes.
+//!
+//! # The Coalesced path in instructions
+//!
+//! `coalesced_admit` below is kept out of line so that the compiler's code for it can be read
+//! in the bench binary (x86-64, release):
+//!
+//! ```text
+//! cargo bench --bench admission --no-run
+//! objdump -d --no-show-raw-insn -M intel target/release/deps/admission-<hash> \
+//!     | awk '/<coalesced_admit>:/,/^$/'
+//! ```
+//!
+//! On a throttle without a lease or counters, a Coalesced answer is these instructions (the
+//! rest of the function, after the `jns`, is the Now / Deferred path and the counting path):
+//!
+//! ```text
+//! mov  rsi, QWORD PTR [rdi+0x30]            ; the state word: the one atomic load (Acquire
+//! test rsi, rsi                             ;   is a plain load on x86); PENDING is bit 63
+//! jns  <not pending: decide and install>
+//! cmp  QWORD PTR [rbx+0x18], -1             ; no lease set: read-only setting, same line
+//! je   <coalesced>
+//! ...
+//! <coalesced>:
+//! mov  rbx, QWORD PTR [rbx+0x20]            ; no counters: read-only setting, same line
+//! mov  al, 0x1
+//! test rbx, rbx
+//! je   <return>                             ; Coalesced: no clock read, no write
+//! ```
+//!
+//! So the word is loaded once and never written; the two other loads read the throttle's
+//! settings, which share the word's cache line and never change, so they stay in every core's
+//! cache.
 
 #[path = "support/go_sometimes.rs"]
 mod go_sometimes;
