@@ -788,3 +788,46 @@ fn a_work_that_calls_its_own_handle_cannot_keep_the_shutdown_from_ending() {
     let timer = SharedTimer::new();
     a_self_rearming_work_lets_the_shutdown_end(Some(&timer));
 }
+
+/// Two callers shut a throttle down at once: each returns only once the pending run has
+/// happened and the timer thread has stopped, on its own thread as on a shared timer.
+#[test]
+fn every_concurrent_shutdown_waits_for_the_pending_run() {
+    const T: Duration = Duration::from_millis(150);
+    let timer = SharedTimer::new();
+    for shared in [false, true] {
+        let runs = Arc::new(AtomicU32::new(0));
+        let builder = Detached::builder(Throttle::new(T));
+        let work = {
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Relaxed);
+            }
+        };
+        let job = Arc::new(if shared {
+            builder.timer(&timer).spawn(work).unwrap()
+        } else {
+            builder.spawn(work).unwrap()
+        });
+        assert_eq!(job.call(), Dispatch::Leading);
+        assert_eq!(job.call(), Dispatch::Deferred);
+        let first = std::thread::spawn({
+            let job = job.clone();
+            move || job.shutdown()
+        });
+        // The second, while the first waits for the run due in about 150 ms (on a loaded
+        // machine it may come later, and the test then checks less, never wrongly).
+        std::thread::sleep(Duration::from_millis(20));
+        job.shutdown();
+        assert_eq!(
+            runs.load(Relaxed),
+            2,
+            "shared timer: {shared}: returned before the run"
+        );
+        assert!(
+            !job.is_running(),
+            "shared timer: {shared}: returned while it still runs"
+        );
+        first.join().unwrap();
+    }
+}

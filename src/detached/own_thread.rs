@@ -63,11 +63,12 @@ pub(super) fn stop<F, C: Clock>(job: &Job<F, C>, join: &std::sync::Mutex<Option<
     if on_timer {
         return; // the thread ends once the work that called this returns
     }
-    let handle = join
+    // The lock is held while joining, so that a second caller stopping the job at the same
+    // time waits for the thread to end too, rather than return while it still runs.
+    let mut handle = join
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    if let Some(handle) = handle {
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = handle.take() {
         // The timer thread catches every panic, so it ends normally.
         let _ = handle.join();
     }
