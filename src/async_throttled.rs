@@ -372,7 +372,8 @@ where
                 // waiter): nothing to copy, but covered all the same.
                 Seen::Covered(None) => Poll::Ready(Outcome::Coalesced),
                 Seen::Uncovered => Poll::Ready(Outcome::Revoked(Revoked::Cancelled)),
-                Seen::Waiting => Poll::Pending,
+                // The throttle is the wrapper's own: every run is the wrapper's, and wakes them.
+                Seen::Waiting | Seen::Watching => Poll::Pending,
             }
         })
         .await
@@ -392,13 +393,13 @@ where
             }
             Admission::Deferred(deferral) => {
                 let claim = deferral.disown();
+                let mut owed = Owed::new(&*shared.completions, Some(claim));
+                // Declared after `owed`, dropped before it: a caller dropped while it waits
+                // hands its run on (which the waiters then wait for), then settles its own.
                 let mut hand_off = HandOff {
                     shared,
                     claim: Some(claim),
                 };
-                // Declared after the hand-off, dropped before it: a caller dropped while it
-                // waits wakes the waiters to look again, then hands its run on.
-                let mut owed = Owed::new(&*shared.completions, Some(claim));
                 let runtime = &shared.runtime;
                 let stamped = shared
                     .throttle
@@ -632,10 +633,7 @@ where
         }
         // Released unless the run is stamped: a task dropped before its deadline, polled or
         // not (its runtime shut down), gives the deferral up rather than strand it.
-        let held = Held {
-            owner: Arc::clone(shared),
-            claim: Some(claim),
-        };
+        let held = Held::new(shared, claim);
         let task: Task = Box::pin(async move {
             let mut held = held;
             let owner = Arc::clone(&held.owner);
@@ -647,7 +645,7 @@ where
                     .stamp_when_due_async(claim, |wait| runtime.sleep(wait))
                     .await
             };
-            held.claim = None; // stamped or revoked: nothing left to release
+            held.released = true; // stamped or revoked: nothing left to release
             match stamped {
                 // The work's future may not be `Send`: it runs on a thread of its own. If the
                 // job never runs or the work panics, `owed` still ends the covered waits.
@@ -680,7 +678,27 @@ where
     C: Clock + Send + Sync + 'static,
 {
     owner: Arc<Shared<F, Rt, C>>,
-    claim: Option<u64>,
+    claim: u64,
+    /// Stamped or revoked: nothing left to release.
+    released: bool,
+}
+
+impl<F, Rt, C, R> Held<F, Rt, C, R>
+where
+    F: AsyncFn() -> R + Send + Sync + 'static,
+    R: Send + 'static,
+    Rt: Runtime,
+    C: Clock + Send + Sync + 'static,
+{
+    /// Holds `claim` for a handed-on run, under way for the waiters until dropped.
+    fn new(owner: &Arc<Shared<F, Rt, C>>, claim: u64) -> Self {
+        owner.completions.own(Some(claim));
+        Self {
+            owner: Arc::clone(owner),
+            claim,
+            released: false,
+        }
+    }
 }
 
 impl<F, Rt, C, R> Drop for Held<F, Rt, C, R>
@@ -691,10 +709,10 @@ where
     C: Clock + Send + Sync + 'static,
 {
     fn drop(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            self.owner.throttle.word().release(claim);
-            self.owner.completions.notify();
+        if !self.released {
+            self.owner.throttle.word().release(self.claim);
         }
+        self.owner.completions.notify_settled(Some(self.claim));
     }
 }
 

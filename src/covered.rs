@@ -26,6 +26,12 @@ struct Record {
     /// Set by the first caller that waits for results of a cloneable type.
     cloner: Option<Cloner>,
     waiters: Vec<(u64, Waker)>,
+    /// The wrapper's runs under way (owners waiting or running, handed-on runs): each settles
+    /// here when it ends, so waiters are woken. A run started outside the wrapper (through
+    /// the throttle itself) does not, and waiters watch for it instead.
+    active: usize,
+    /// The claims (deferrals' words) of the runs under way, once per run that holds one.
+    owned: Vec<u64>,
 }
 
 struct Finished {
@@ -40,9 +46,15 @@ pub(crate) enum Seen<R> {
     Covered(Option<R>),
     /// Nothing covers it any more: its deferral was given up with no run after it.
     Uncovered,
-    /// Not yet.
+    /// Not yet; the answer will come with a wake-up.
     Waiting,
+    /// Not yet, and the run that covers it (or may) is not the wrapper's: nothing will wake the
+    /// waiter, which looks again after a while.
+    Watching,
 }
+
+/// How long a waiter watching for a run outside the wrapper waits before it looks again.
+pub(crate) const WATCH_INTERVAL: core::time::Duration = core::time::Duration::from_millis(1);
 
 impl Completions {
     /// Lets finished runs keep copies of their results for waiters (idempotent).
@@ -50,11 +62,20 @@ impl Completions {
         sync::lock(&self.inner).cloner.get_or_insert(cloner);
     }
 
+    /// A run of the wrapper's is under way: a deferral's claim, or a leading run (`None`).
+    /// Each must be settled once, by `record`, `notify_settled` or `settle`.
+    pub(crate) fn own(&self, claim: Option<u64>) {
+        let mut record = sync::lock(&self.inner);
+        record.active += 1;
+        record.owned.extend(claim);
+    }
+
     /// Records a finished run, with a copy of its result if one is given and waiters asked for
-    /// results, and wakes every waiter.
+    /// results, settles it (see `own`), and wakes every waiter.
     fn record(&self, claim: Option<u64>, stamp: u64, result: Option<&(dyn Any + Send)>) {
         let waiters = {
             let mut record = sync::lock(&self.inner);
+            record.settle(claim);
             let cloner = record.cloner;
             let result = result.and_then(|result| cloner.map(|clone| clone(result)));
             // A later-stamped run may finish first; keep the latest stamp.
@@ -76,6 +97,19 @@ impl Completions {
     /// Wakes every waiter to look again: a deferral was given up or cancelled.
     pub(crate) fn notify(&self) {
         let waiters = core::mem::take(&mut sync::lock(&self.inner).waiters);
+        for (_, waker) in waiters {
+            waker.wake();
+        }
+    }
+
+    /// Settles a run that ended without running (see `own`), and wakes every waiter to look
+    /// again.
+    pub(crate) fn notify_settled(&self, claim: Option<u64>) {
+        let waiters = {
+            let mut record = sync::lock(&self.inner);
+            record.settle(claim);
+            core::mem::take(&mut record.waiters)
+        };
         for (_, waker) in waiters {
             waker.wake();
         }
@@ -107,11 +141,21 @@ impl Completions {
         if !state::is_pending(now) && state::stamp(now) == state::stamp(seen) {
             return Seen::Uncovered;
         }
+        let outside = !record.owned.contains(&seen);
+        // The window moved on after the call, and no run of the wrapper's is under way to
+        // finish: a run started outside the wrapper covers it. It cannot be seen finishing.
+        if outside && record.active == 0 && state::stamp(now) > state::stamp(seen) {
+            return Seen::Covered(None);
+        }
         match record.waiters.iter_mut().find(|(known, _)| *known == id) {
             Some(entry) => entry.1.clone_from(waker),
             None => record.waiters.push((id, waker.clone())),
         }
-        Seen::Waiting
+        if outside {
+            Seen::Watching
+        } else {
+            Seen::Waiting
+        }
     }
 
     /// How many callers wait for a covering run right now.
@@ -141,8 +185,10 @@ pub(crate) struct Owed<D: Deref<Target = Completions>> {
 }
 
 impl<D: Deref<Target = Completions>> Owed<D> {
-    /// Owed for a run of `claim` (a deferral's word), or a leading run (`None`).
+    /// Owed for a run of `claim` (a deferral's word), or a leading run (`None`); under way
+    /// from now (see `Completions::own`).
     pub(crate) fn new(completions: D, claim: Option<u64>) -> Self {
+        completions.own(claim);
         Self {
             completions,
             claim,
@@ -153,6 +199,7 @@ impl<D: Deref<Target = Completions>> Owed<D> {
 
     /// A leading run stamped `stamp` (nanoseconds), about to start.
     pub(crate) fn leading(completions: D, stamp: u64) -> Self {
+        completions.own(None);
         Self {
             completions,
             claim: None,
@@ -168,8 +215,9 @@ impl<D: Deref<Target = Completions>> Owed<D> {
 
     /// The run finished with `result`: records it, with a copy for waiters that asked.
     pub(crate) fn finish(mut self, result: &(dyn Any + Send)) {
-        if let Some(stamp) = self.stamp.take() {
-            self.completions.record(self.claim, stamp, Some(result));
+        match self.stamp {
+            Some(stamp) => self.completions.record(self.claim, stamp, Some(result)),
+            None => self.completions.notify_settled(self.claim),
         }
         self.paid = true;
     }
@@ -182,7 +230,18 @@ impl<D: Deref<Target = Completions>> Drop for Owed<D> {
         }
         match self.stamp {
             Some(stamp) => self.completions.record(self.claim, stamp, None),
-            None => self.completions.notify(),
+            None => self.completions.notify_settled(self.claim),
+        }
+    }
+}
+
+impl Record {
+    /// Settles a run under way (see `Completions::own`).
+    fn settle(&mut self, claim: Option<u64>) {
+        self.active = self.active.saturating_sub(1);
+        if let Some(position) = claim.and_then(|claim| self.owned.iter().position(|c| *c == claim))
+        {
+            self.owned.swap_remove(position);
         }
     }
 }

@@ -301,7 +301,11 @@ impl<F, C: Clock> Throttled<F, C> {
     /// `call_async`) rather than `call_covered` keeps no result to copy: the waiter then gets
     /// `Coalesced`, after that run has finished; so does a waiter whose covering run panicked.
     /// Whatever the owner does (runs, panics, is cancelled, gives up, is dropped mid-wait),
-    /// the waiters hear of it: none is left blocked.
+    /// the waiters hear of it: none is left blocked. A deferral claimed, run, given up,
+    /// cancelled or taken over through [`throttle()`](Throttled::throttle) itself, outside the
+    /// wrapper, tells the waiters nothing; they watch the throttle's state for it instead
+    /// (looking again every millisecond), and a run started there ends their wait when it
+    /// starts, since it cannot be seen finishing (`Coalesced`).
     ///
     /// Callers that do not wait pay nothing for this: their Coalesced answer is still one
     /// load.
@@ -386,6 +390,7 @@ impl<F, C: Clock> Throttled<F, C> {
                 Seen::Covered(None) => break Outcome::Coalesced,
                 Seen::Uncovered => break Outcome::Revoked(Revoked::Cancelled),
                 Seen::Waiting => crate::sync::park(),
+                Seen::Watching => crate::sync::park_timeout(covered::WATCH_INTERVAL),
             }
         };
         self.completions.forget(id);

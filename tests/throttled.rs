@@ -1,6 +1,6 @@
 //! The Neutron-style wrapper.
 
-use atomic_throttle::{ManualClock, Outcome, Revoked, Throttle, Throttled};
+use atomic_throttle::{Admission, ManualClock, Outcome, Revoked, Throttle, Throttled};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -254,4 +254,75 @@ fn a_waiter_is_woken_when_its_covering_run_panics() {
             (Outcome::Coalesced, true)
         );
     }
+}
+
+/// Starts a caller waiting in `call_covered` behind the pending deferral; `then` settles that
+/// deferral from outside the wrapper; returns the waiter's answer, failing after 30 s rather
+/// than hang.
+fn waiter_behind_an_outside_owner<F: Fn() -> u32 + Send + Sync + 'static>(
+    job: &Arc<Throttled<F, ManualClock>>,
+    then: impl FnOnce(),
+) -> Outcome<u32> {
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    while job.waiting() < 1 {
+        std::thread::yield_now();
+    }
+    then();
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while !waiter.is_finished() {
+        assert!(
+            std::time::Instant::now() < patience,
+            "after 30 s, the waiter was never told"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    waiter.join().unwrap()
+}
+
+#[test]
+fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
+    const LEASE: Duration = Duration::from_millis(5);
+    let clock = ManualClock::with_auto_advance(false);
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .lease(LEASE)
+        .build()
+        .unwrap();
+    let job = Arc::new(Throttled::from_throttle(throttle, || 1));
+    assert_eq!(job.call(), Outcome::Now(1));
+    // The owner claimed through the throttle itself runs: covered, with no result to copy.
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    let outcome = waiter_behind_an_outside_owner(&job, || {
+        clock.advance(T);
+        let Admission::Deferred(owner) = owner else {
+            unreachable!()
+        };
+        assert!(owner.try_run(|| ()).is_ok(), "due: it runs");
+    });
+    assert_eq!(outcome, Outcome::Coalesced);
+    // It gives its deferral up: nothing after it covers the waiter.
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    let outcome = waiter_behind_an_outside_owner(&job, || drop(owner));
+    assert_eq!(outcome, Outcome::Revoked(Revoked::Cancelled));
+    // The throttle's own cancel, while the outside owner holds it.
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    let outcome = waiter_behind_an_outside_owner(&job, || assert!(job.throttle().cancel()));
+    assert_eq!(outcome, Outcome::Revoked(Revoked::Cancelled));
+    drop(owner);
+    // Leaked, and taken over once its lease has passed by a call outside the wrapper: the
+    // takeover's run covers the waiter.
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    std::mem::forget(owner);
+    let outcome = waiter_behind_an_outside_owner(&job, || {
+        clock.advance(T + LEASE);
+        assert!(job.throttle().admit().is_now(), "the takeover");
+    });
+    assert_eq!(outcome, Outcome::Coalesced);
 }
