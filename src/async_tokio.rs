@@ -177,7 +177,10 @@ impl<F, C: Clock> Throttled<F, C> {
 /// It hands a run on through the runtime current where the caller is dropped, or else the one
 /// current when it was made; with neither (a caller dropped outside any runtime, on a handle
 /// made outside one), the deferral is given up. A runtime that shuts down before the deadline
-/// drops the task, and the deferral is given up with it.
+/// drops the task, and the deferral is given up with it. A handed-on work that awaits tokio's
+/// timers needs that runtime driven until it is done too: its timers fire only then, and if
+/// the runtime shuts down first they panic, which counts as a panic in the work (waiters are
+/// covered, with no result to copy).
 ///
 /// Under tokio's paused test clock (`start_paused`), a handed-on run's work runs on the
 /// blocking pool, and while a blocking job runs tokio does not advance paused time: a work
