@@ -681,7 +681,10 @@ impl Clock for DefaultClock {
 ///
 /// let clock = CoarseClock::new(Duration::from_micros(100))?;
 /// let earlier = clock.now_nanos();
-/// std::thread::sleep(Duration::from_millis(2));
+/// // The upkeep thread moves it every 100 us or so (later on a loaded machine).
+/// while clock.now_nanos() == earlier {
+///     std::thread::sleep(Duration::from_micros(100));
+/// }
 /// assert!(clock.now_nanos() > earlier);
 /// # Ok::<(), std::io::Error>(())
 /// ```

@@ -783,3 +783,21 @@ async fn the_wrapper_controls_and_reads_its_throttle() {
     assert_eq!(job.take_skipped(), 2);
     assert_eq!(job.take_skipped(), 0, "each count is taken once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_future_is_dropped_is_forgotten() {
+    let throttle = Throttle::with_clock(T, TokioClock::new()).unwrap();
+    let job = Arc::new(AsyncThrottled::from_throttle(throttle, async || 2));
+    assert_eq!(job.call().await, Outcome::Now(2));
+    let owner = tokio::spawn({
+        let job = job.clone();
+        async move { job.call().await }
+    });
+    while !job.is_pending() {
+        tokio::task::yield_now().await;
+    }
+    // A waiter that gives up before the covering run: its future is dropped mid-wait.
+    assert!(timeout(T / 10, job.call_covered()).await.is_err());
+    assert_eq!(job.waiting(), 0, "a dropped waiter is still counted");
+    assert_eq!(owner.await.unwrap(), Outcome::Deferred(2));
+}
