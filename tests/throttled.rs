@@ -63,9 +63,9 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
     assert_eq!(job.call_covered(), Outcome::Now(1));
     std::thread::scope(|s| {
         let owner = s.spawn(|| job.call_covered());
-        while !job.throttle().is_pending() {
-            std::thread::yield_now();
-        }
+        until("the owner claimed the deferral", || {
+            job.throttle().is_pending()
+        });
         let waiters: Vec<_> = (0..4).map(|_| s.spawn(|| job.call_covered())).collect();
         // A caller that does not wait still returns at once.
         assert_eq!(job.call(), Outcome::Coalesced);
@@ -94,13 +94,11 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
     // Cancelled with nothing after it: the waiter is told.
     std::thread::scope(|s| {
         let owner = s.spawn(|| job.call_covered());
-        while !job.throttle().is_pending() {
-            std::thread::yield_now();
-        }
+        until("the owner claimed the deferral", || {
+            job.throttle().is_pending()
+        });
         let waiter = s.spawn(|| job.call_covered());
-        while job.waiting() < 1 {
-            std::thread::yield_now();
-        }
+        until("the waiter waits", || job.waiting() >= 1);
         assert!(job.throttle().cancel());
         assert_eq!(owner.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
         assert_eq!(waiter.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
@@ -133,13 +131,11 @@ fn a_waiter_is_covered_by_its_claims_run_even_when_that_run_keeps_the_stamp() {
     assert_eq!(job.call_covered(), Outcome::Now(7));
     std::thread::scope(|s| {
         let owner = s.spawn(|| job.call_covered());
-        while !job.throttle().is_pending() {
-            std::thread::yield_now();
-        }
+        until("the owner claimed the deferral", || {
+            job.throttle().is_pending()
+        });
         let waiter = s.spawn(|| job.call_covered());
-        while job.waiting() < 1 {
-            std::thread::yield_now();
-        }
+        until("the waiter waits", || job.waiting() >= 1);
         assert!(job.throttle().flush());
         assert_eq!(owner.join().unwrap(), Outcome::Deferred(7));
         wait_until_finished(std::slice::from_ref(&waiter), "the waiter to be woken");
@@ -167,9 +163,7 @@ fn a_waiter_whose_owner_gave_up_is_covered_by_a_later_run() {
     assert!(owner.is_deferred());
     std::thread::scope(|s| {
         let waiter = s.spawn(|| job.call_covered());
-        while job.waiting() < 1 {
-            std::thread::yield_now();
-        }
+        until("the waiter waits", || job.waiting() >= 1);
         drop(owner);
         // A leading run after the window covers the waiter: it ran after the waiter's call.
         clock.advance(T);
@@ -198,16 +192,14 @@ fn waiter_behind<R: Clone + Send + 'static>(
             }
         }
     });
-    while !job.throttle().is_pending() {
-        std::thread::yield_now();
-    }
+    until("the owner claimed the deferral", || {
+        job.throttle().is_pending()
+    });
     let waiter = std::thread::spawn({
         let job = job.clone();
         move || job.call_covered()
     });
-    while job.waiting() < 1 {
-        std::thread::yield_now();
-    }
+    until("the waiter waits", || job.waiting() >= 1);
     clock.advance(T);
     let patience = std::time::Instant::now() + Duration::from_secs(30);
     while !waiter.is_finished() {
@@ -267,9 +259,7 @@ fn waiter_behind_an_outside_owner<F: Fn() -> u32 + Send + Sync + 'static>(
         let job = job.clone();
         move || job.call_covered()
     });
-    while job.waiting() < 1 {
-        std::thread::yield_now();
-    }
+    until("the waiter waits", || job.waiting() >= 1);
     then();
     let patience = std::time::Instant::now() + Duration::from_secs(30);
     while !waiter.is_finished() {
@@ -325,4 +315,16 @@ fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
         assert!(job.throttle().admit().is_now(), "the takeover");
     });
     assert_eq!(outcome, Outcome::Coalesced);
+}
+
+/// Yields until `done`, failing after 30 s with `what` rather than spin forever.
+fn until(what: &str, done: impl Fn() -> bool) {
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < patience,
+            "after 30 s, still not true: {what}"
+        );
+        std::thread::yield_now();
+    }
 }

@@ -108,9 +108,10 @@ async fn aborting_the_owning_task_releases_the_deferral() {
         async move { job.call_async().await }
     });
     // Let the task claim the deferral and park on its timer.
-    while !job.throttle().is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || {
+        job.throttle().is_pending()
+    })
+    .await;
     assert_eq!(job.call_async().await, Outcome::Coalesced);
     owner.abort();
     assert!(owner.await.unwrap_err().is_cancelled());
@@ -176,9 +177,7 @@ async fn a_cancelled_owner_still_refreshes_at_the_deadline_on_the_paused_clock()
         let refresh = refresh.clone();
         async move { timeout(T / 4, refresh.call()).await }
     });
-    while !refresh.is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || refresh.is_pending()).await;
     assert_eq!(refresh.call().await, Outcome::Coalesced);
     assert!(owner.await.unwrap().is_err(), "the owner timed out");
     // The coalesced caller is covered: the refresh comes at the deadline all the same.
@@ -218,9 +217,7 @@ async fn a_cancelled_owner_still_refreshes_at_the_deadline_on_the_real_clock() {
         let refresh = refresh.clone();
         async move { timeout(T / 4, refresh.call()).await }
     });
-    while !refresh.is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || refresh.is_pending()).await;
     assert_eq!(refresh.call().await, Outcome::Coalesced);
     assert!(owner.await.unwrap().is_err(), "the owner timed out");
     let patience = std::time::Instant::now() + Duration::from_secs(30);
@@ -254,9 +251,7 @@ async fn coalesced_callers_can_wait_for_the_covering_run_and_get_its_result() {
         let refresh = refresh.clone();
         async move { refresh.call_covered().await }
     });
-    while !refresh.is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || refresh.is_pending()).await;
     // Three callers coalesced behind it wait, and all get the trailing run's result.
     let waiters: Vec<_> = (0..3)
         .map(|_| {
@@ -286,9 +281,7 @@ async fn waiting_callers_are_told_when_their_run_is_cancelled() {
         let job = job.clone();
         async move { job.call().await }
     });
-    while !job.is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || job.is_pending()).await;
     let waiter = tokio::spawn({
         let job = job.clone();
         async move { job.call_covered().await }
@@ -378,9 +371,7 @@ async fn leading_only_and_trailing_only_modes() {
         let job = job.clone();
         async move { job.call().await }
     });
-    while !job.is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || job.is_pending()).await;
     assert_eq!(job.call().await, Outcome::Coalesced);
     let Outcome::Deferred(ran_at) = owner.await.unwrap() else {
         panic!("trailing only: the first call is Deferred")
@@ -559,18 +550,17 @@ async fn a_blocked_waiter_is_covered_by_a_run_of_call_async_or_told_when_it_time
                 }
             }
         });
-        while !job.throttle().is_pending() {
-            tokio::task::yield_now().await;
-        }
+        until("the owner claimed the deferral", || {
+            job.throttle().is_pending()
+        })
+        .await;
         // A thread of its own, not tokio's blocking pool: a waiter that is never woken fails
         // the test rather than hold the runtime's shutdown.
         let waiter = std::thread::spawn({
             let job = job.clone();
             move || job.call_covered()
         });
-        while job.waiting() < 1 {
-            sleep(Duration::from_millis(1)).await;
-        }
+        until("the waiter waits", || job.waiting() >= 1).await;
         if owner_times_out {
             let _ = give_up.send(()); // unless its run came first, on a slow machine
         }
@@ -614,9 +604,7 @@ async fn a_waiter_is_woken_when_the_owner_is_dropped_or_panics_inside_the_work()
             let job = job.clone();
             async move { timeout(2 * T, job.call()).await }
         });
-        while !job.is_pending() {
-            tokio::task::yield_now().await;
-        }
+        until("the owner claimed the deferral", || job.is_pending()).await;
         let waiter = tokio::spawn({
             let job = job.clone();
             async move { job.call_covered().await }
@@ -661,7 +649,12 @@ fn a_handed_off_deferral_is_given_up_when_its_runtime_shuts_down() {
                 .block_on(async { job.call_covered().await })
         }
     });
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
     while job.waiting() < 1 {
+        assert!(
+            std::time::Instant::now() < patience,
+            "after 30 s, the waiter does not wait"
+        );
         std::thread::yield_now();
     }
     // The runtime shuts down before the deadline, dropping the task that held the run.
@@ -727,18 +720,14 @@ async fn the_wrapper_controls_and_reads_its_throttle() {
         let job = job.clone();
         async move { (job.call().await, Instant::now()) }
     });
-    while !job.is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || job.is_pending()).await;
     let flushed_at = Instant::now();
     assert_eq!(job.call().await, Outcome::Coalesced);
     let waiter = tokio::spawn({
         let job = job.clone();
         async move { job.call_covered().await }
     });
-    while job.waiting() < 1 {
-        tokio::task::yield_now().await;
-    }
+    until("the waiter waits", || job.waiting() >= 1).await;
     assert_eq!(job.waiting(), 1);
     assert!(job.flush());
     let (outcome, ran_at) = owner.await.unwrap();
@@ -754,9 +743,7 @@ async fn the_wrapper_controls_and_reads_its_throttle() {
         let job = job.clone();
         async move { job.call().await }
     });
-    while !job.is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || job.is_pending()).await;
     assert!(job.cancel());
     assert!(!job.cancel(), "idempotent");
     assert_eq!(owner.await.unwrap(), Outcome::Revoked(Revoked::Cancelled));
@@ -793,11 +780,22 @@ async fn a_waiter_whose_future_is_dropped_is_forgotten() {
         let job = job.clone();
         async move { job.call().await }
     });
-    while !job.is_pending() {
-        tokio::task::yield_now().await;
-    }
+    until("the owner claimed the deferral", || job.is_pending()).await;
     // A waiter that gives up before the covering run: its future is dropped mid-wait.
     assert!(timeout(T / 10, job.call_covered()).await.is_err());
     assert_eq!(job.waiting(), 0, "a dropped waiter is still counted");
     assert_eq!(owner.await.unwrap(), Outcome::Deferred(2));
+}
+
+/// Yields to the runtime until `done`, failing after 30 s of real time with `what` rather than
+/// spin forever.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < patience,
+            "after 30 s, still not true: {what}"
+        );
+        tokio::task::yield_now().await;
+    }
 }
