@@ -1,10 +1,14 @@
 //! The latest-value throttle: runs get the newest value offered, none is lost, torn or seen
 //! twice, and each is dropped exactly once.
 
+#[path = "support/wait_for.rs"]
+mod wait_for;
+
 use atomic_throttle::{Latest, ManualClock, Mode, Outcome, Revoked, Throttle};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use wait_for::wait_for;
 
 const T: Duration = Duration::from_millis(10);
 
@@ -40,9 +44,10 @@ fn the_deferred_run_gets_the_latest_value_offered() {
     assert_eq!(latest.call(1), Outcome::Now(1));
     std::thread::scope(|s| {
         let owner = s.spawn(|| latest.call(2));
-        until("the owner claimed the deferral", || {
-            latest.throttle().is_pending()
-        });
+        wait_for(
+            || latest.throttle().is_pending(),
+            "the owner claimed the deferral",
+        );
         for value in 3..=9 {
             assert_eq!(latest.call(value), Outcome::Coalesced);
         }
@@ -101,9 +106,10 @@ fn a_cancelled_run_leaves_its_value_for_the_next() {
     assert_eq!(latest.call(1), Outcome::Now(1));
     std::thread::scope(|s| {
         let owner = s.spawn(|| latest.call(2));
-        until("the owner claimed the deferral", || {
-            latest.throttle().is_pending()
-        });
+        wait_for(
+            || latest.throttle().is_pending(),
+            "the owner claimed the deferral",
+        );
         assert!(latest.throttle().cancel());
         assert_eq!(owner.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
     });
@@ -146,16 +152,4 @@ fn leading_only_drops_a_suppressed_callers_value_and_keeps_nothing() {
     );
     assert_eq!(drops.load(Relaxed), 3);
     assert!(!latest.holds_a_value());
-}
-
-/// Yields until `done`, failing after 30 s with `what` rather than spin forever.
-fn until(what: &str, done: impl Fn() -> bool) {
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < patience,
-            "after 30 s, still not true: {what}"
-        );
-        std::thread::yield_now();
-    }
 }

@@ -1,9 +1,13 @@
 //! The Neutron-style wrapper.
 
+#[path = "support/wait_for.rs"]
+mod wait_for;
+
 use atomic_throttle::{Admission, ManualClock, Outcome, Revoked, Throttle, Throttled};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+use wait_for::wait_for;
 
 const T: Duration = Duration::from_millis(10);
 
@@ -63,9 +67,10 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
     assert_eq!(job.call_covered(), Outcome::Now(1));
     std::thread::scope(|s| {
         let owner = s.spawn(|| job.call_covered());
-        until("the owner claimed the deferral", || {
-            job.throttle().is_pending()
-        });
+        wait_for(
+            || job.throttle().is_pending(),
+            "the owner claimed the deferral",
+        );
         let waiters: Vec<_> = (0..4).map(|_| s.spawn(|| job.call_covered())).collect();
         // A caller that does not wait still returns at once.
         assert_eq!(job.call(), Outcome::Coalesced);
@@ -94,11 +99,12 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
     // Cancelled with nothing after it: the waiter is told.
     std::thread::scope(|s| {
         let owner = s.spawn(|| job.call_covered());
-        until("the owner claimed the deferral", || {
-            job.throttle().is_pending()
-        });
+        wait_for(
+            || job.throttle().is_pending(),
+            "the owner claimed the deferral",
+        );
         let waiter = s.spawn(|| job.call_covered());
-        until("the waiter waits", || job.waiting() >= 1);
+        wait_for(|| job.waiting() >= 1, "the waiter waits");
         assert!(job.throttle().cancel());
         assert_eq!(owner.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
         assert_eq!(waiter.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
@@ -131,11 +137,12 @@ fn a_waiter_is_covered_by_its_claims_run_even_when_that_run_keeps_the_stamp() {
     assert_eq!(job.call_covered(), Outcome::Now(7));
     std::thread::scope(|s| {
         let owner = s.spawn(|| job.call_covered());
-        until("the owner claimed the deferral", || {
-            job.throttle().is_pending()
-        });
+        wait_for(
+            || job.throttle().is_pending(),
+            "the owner claimed the deferral",
+        );
         let waiter = s.spawn(|| job.call_covered());
-        until("the waiter waits", || job.waiting() >= 1);
+        wait_for(|| job.waiting() >= 1, "the waiter waits");
         assert!(job.throttle().flush());
         assert_eq!(owner.join().unwrap(), Outcome::Deferred(7));
         wait_until_finished(std::slice::from_ref(&waiter), "the waiter to be woken");
@@ -163,7 +170,7 @@ fn a_waiter_whose_owner_gave_up_is_covered_by_a_later_run() {
     assert!(owner.is_deferred());
     std::thread::scope(|s| {
         let waiter = s.spawn(|| job.call_covered());
-        until("the waiter waits", || job.waiting() >= 1);
+        wait_for(|| job.waiting() >= 1, "the waiter waits");
         drop(owner);
         // A leading run after the window covers the waiter: it ran after the waiter's call.
         clock.advance(T);
@@ -192,23 +199,17 @@ fn waiter_behind<R: Clone + Send + 'static>(
             }
         }
     });
-    until("the owner claimed the deferral", || {
-        job.throttle().is_pending()
-    });
+    wait_for(
+        || job.throttle().is_pending(),
+        "the owner claimed the deferral",
+    );
     let waiter = std::thread::spawn({
         let job = job.clone();
         move || job.call_covered()
     });
-    until("the waiter waits", || job.waiting() >= 1);
+    wait_for(|| job.waiting() >= 1, "the waiter waits");
     clock.advance(T);
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
-    while !waiter.is_finished() {
-        assert!(
-            std::time::Instant::now() < patience,
-            "after 30 s, the waiter was never woken"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for(|| waiter.is_finished(), "the waiter to be woken");
     (waiter.join().unwrap(), owner.join().is_err())
 }
 
@@ -259,16 +260,9 @@ fn waiter_behind_an_outside_owner<F: Fn() -> u32 + Send + Sync + 'static>(
         let job = job.clone();
         move || job.call_covered()
     });
-    until("the waiter waits", || job.waiting() >= 1);
+    wait_for(|| job.waiting() >= 1, "the waiter waits");
     then();
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
-    while !waiter.is_finished() {
-        assert!(
-            std::time::Instant::now() < patience,
-            "after 30 s, the waiter was never told"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for(|| waiter.is_finished(), "the waiter to be told");
     waiter.join().unwrap()
 }
 
@@ -315,16 +309,4 @@ fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
         assert!(job.throttle().admit().is_now(), "the takeover");
     });
     assert_eq!(outcome, Outcome::Coalesced);
-}
-
-/// Yields until `done`, failing after 30 s with `what` rather than spin forever.
-fn until(what: &str, done: impl Fn() -> bool) {
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            std::time::Instant::now() < patience,
-            "after 30 s, still not true: {what}"
-        );
-        std::thread::yield_now();
-    }
 }
