@@ -740,18 +740,10 @@ impl<K: Hash + ?Sized, C: Clock, S: BuildHasher> KeyedThrottle<K, C, S> {
     /// assert!(matches!(deferral.try_run(|| ()), Err(NotRun::Revoked(Revoked::Cancelled))));
     /// ```
     pub fn cancel(&self, key: &K) -> bool {
-        let (key, candidates) = self.locate(key);
-        loop {
-            match self.table.find(key, &candidates) {
-                Found::Entry { slot, .. } => {
-                    return self
-                        .word(slot)
-                        .cancel_while(|word| self.table.holds(slot, key, word))
-                }
-                Found::Absent => return false,
-                Found::Moved => {}
-            }
-        }
+        self.change_entry(key, |slot, key| {
+            self.word(slot)
+                .cancel_while(|word| self.table.holds(slot, key, word))
+        })
     }
 
     /// Runs `key`'s pending deferral now instead of at its deadline, from any thread. Returns
@@ -774,14 +766,19 @@ impl<K: Hash + ?Sized, C: Clock, S: BuildHasher> KeyedThrottle<K, C, S> {
     /// # Ok::<(), atomic_throttle::ThresholdError>(())
     /// ```
     pub fn flush(&self, key: &K) -> bool {
+        self.change_entry(key, |slot, key| {
+            self.word(slot)
+                .flush_while(|word| self.table.holds(slot, key, word))
+        })
+    }
+
+    /// Finds `key`'s entry and applies `change` to its slot (with the key's fingerprint);
+    /// false if the key has no entry.
+    fn change_entry(&self, key: &K, change: impl Fn(usize, u64) -> bool) -> bool {
         let (key, candidates) = self.locate(key);
         loop {
             match self.table.find(key, &candidates) {
-                Found::Entry { slot, .. } => {
-                    return self
-                        .word(slot)
-                        .flush_while(|word| self.table.holds(slot, key, word))
-                }
+                Found::Entry { slot, .. } => return change(slot, key),
                 Found::Absent => return false,
                 Found::Moved => {}
             }
