@@ -53,8 +53,12 @@ pub(crate) enum Seen<R> {
     Watching,
 }
 
-/// How long a waiter watching for a run outside the wrapper waits before it looks again.
+/// How long a waiter watching for a run outside the wrapper first waits before it looks again;
+/// it doubles with each look, up to `WATCH_INTERVAL_MAX`.
 pub(crate) const WATCH_INTERVAL: core::time::Duration = core::time::Duration::from_millis(1);
+
+/// The longest a watching waiter waits between looks.
+pub(crate) const WATCH_INTERVAL_MAX: core::time::Duration = core::time::Duration::from_millis(16);
 
 impl Completions {
     /// Lets finished runs keep copies of their results for waiters (idempotent).
@@ -125,6 +129,8 @@ impl Completions {
         id: u64,
         waker: &Waker,
     ) -> Seen<R> {
+        // The claim as its owner knows it: a flush may have set its FLUSH bit since.
+        let seen = seen & !state::FLUSH;
         let mut record = sync::lock(&self.inner);
         if let Some(last) = &record.last {
             // The claim it was coalesced into ran, or a run stamped after it: covered.
@@ -253,5 +259,47 @@ pub(crate) fn clone_as<R: Clone + Send + 'static>(
     match result.downcast_ref::<R>() {
         Some(result) => Box::new(result.clone()),
         None => Box::new(()),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiter_that_saw_the_flushed_word_knows_its_claims_run() {
+        let completions = Completions::default();
+        let claim = state::PENDING | state::STAMPED | 5; // claimed in the window stamped at 5 us
+        let mut owed = Owed::new(&completions, Some(claim));
+        owed.started(5_000); // flushed: run at once, at the same stamp
+        owed.finish(&7_u32);
+        let after = state::STAMPED | 5;
+        // Coalesced after the flush, it saw the claim with its FLUSH bit.
+        let seen = claim | state::FLUSH;
+        let looked = completions.look::<u32>(seen, after, 1, Waker::noop());
+        assert!(
+            matches!(looked, Seen::Covered(_)),
+            "the run of its own claim was taken for a cancel"
+        );
+        assert_eq!(completions.waiting(), 0);
+    }
+
+    #[test]
+    fn a_waiter_behind_an_owner_outside_the_wrapper_watches() {
+        let completions = Completions::default();
+        let claim = state::PENDING | state::STAMPED | 5;
+        // Still pending: nothing will wake it, so it watches.
+        let looked = completions.look::<u32>(claim, claim, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Watching));
+        // The owner's run started at 9 us: covered, with nothing to copy.
+        let looked = completions.look::<u32>(claim, state::STAMPED | 9, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Covered(None)));
+        // But while a run of the wrapper's is under way, it waits for that run to finish.
+        let owed = Owed::leading(&completions, 9_000);
+        let looked = completions.look::<u32>(claim, state::STAMPED | 9, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Watching));
+        drop(owed);
+        let looked = completions.look::<u32>(claim, state::STAMPED | 9, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Covered(None)));
     }
 }

@@ -4,6 +4,7 @@ use crate::clock::{Clock, DefaultClock};
 use crate::covered::{self, Completions, Owed, Seen};
 use crate::deferral::Revoked;
 use crate::error::ThresholdError;
+use crate::state;
 use crate::sync::Ordering;
 use crate::throttle::{Admission, Throttle};
 use crate::wait;
@@ -304,8 +305,13 @@ impl<F, C: Clock> Throttled<F, C> {
     /// the waiters hear of it: none is left blocked. A deferral claimed, run, given up,
     /// cancelled or taken over through [`throttle()`](Throttled::throttle) itself, outside the
     /// wrapper, tells the waiters nothing; they watch the throttle's state for it instead
-    /// (looking again every millisecond), and a run started there ends their wait when it
-    /// starts, since it cannot be seen finishing (`Coalesced`).
+    /// (looking again after a millisecond, then less and less often, at least every 16 ms),
+    /// and a run started there ends their wait when it starts, since it cannot be seen
+    /// finishing (`Coalesced`). So where calls go through `throttle()` as well as the wrapper,
+    /// a waiter may also end `Coalesced` as a covering run of the wrapper's starts, before it
+    /// finishes. On a throttle with a [lease](crate::ThrottleBuilder::lease), a waiter whose
+    /// owner outside the wrapper let the lease run out calls again, and so takes the run over
+    /// itself (its call is counted again).
     ///
     /// Callers that do not wait pay nothing for this: their Coalesced answer is still one
     /// load.
@@ -336,30 +342,37 @@ impl<F, C: Clock> Throttled<F, C> {
         R: Clone + Send + 'static,
     {
         self.completions.keep_results(covered::clone_as::<R>);
-        let (admission, seen) = self.throttle.admit_seen(self.publishing);
-        match admission {
-            Admission::Now => {
-                let owed = Owed::leading(&self.completions, self.last_stamp());
-                let result = (self.work)();
-                owed.finish(&result);
-                Outcome::Now(result)
-            }
-            Admission::Deferred(deferral) => {
-                let mut owed = Owed::new(&self.completions, Some(deferral.word()));
-                let ran = deferral.run(|| {
-                    owed.started(self.last_stamp());
-                    (self.work)()
-                });
-                match ran {
-                    Ok(result) => {
-                        owed.finish(&result);
-                        Outcome::Deferred(result)
-                    }
-                    Err(revoked) => Outcome::Revoked(revoked),
+        loop {
+            let (admission, seen) = self.throttle.admit_seen(self.publishing);
+            return match admission {
+                Admission::Now => {
+                    let owed = Owed::leading(&self.completions, self.last_stamp());
+                    let result = (self.work)();
+                    owed.finish(&result);
+                    Outcome::Now(result)
                 }
-            }
-            Admission::Coalesced => self.wait_for_cover(seen),
-            Admission::Suppressed { .. } => Outcome::Suppressed,
+                Admission::Deferred(deferral) => {
+                    let mut owed = Owed::new(&self.completions, Some(deferral.word()));
+                    let ran = deferral.run(|| {
+                        owed.started(self.last_stamp());
+                        (self.work)()
+                    });
+                    match ran {
+                        Ok(result) => {
+                            owed.finish(&result);
+                            Outcome::Deferred(result)
+                        }
+                        Err(revoked) => Outcome::Revoked(revoked),
+                    }
+                }
+                Admission::Coalesced => match self.wait_for_cover(seen) {
+                    Some(outcome) => outcome,
+                    // Its owner, outside the wrapper, let its lease run out: call again, and
+                    // take the run over.
+                    None => continue,
+                },
+                Admission::Suppressed { .. } => Outcome::Suppressed,
+            };
         }
     }
 
@@ -379,22 +392,41 @@ impl<F, C: Clock> Throttled<F, C> {
     }
 
     /// Blocks until the run that covers a caller Coalesced on `seen` has finished.
-    fn wait_for_cover<R: Clone + 'static>(&self, seen: u64) -> Outcome<R> {
+    /// `None` if the deferral's owner is outside the wrapper and its lease has run out: the
+    /// caller calls again, which takes the run over.
+    fn wait_for_cover<R: Clone + 'static>(&self, seen: u64) -> Option<Outcome<R>> {
         let waker = wait::thread_waker();
         let id = crate::clock::Waiter::new(&waker).id();
+        let mut watch = covered::WATCH_INTERVAL;
         let outcome = loop {
             // Acquire: as in `Throttle::admit`.
             let now = self.throttle.load(Ordering::Acquire);
             match self.completions.look::<R>(seen, now, id, &waker) {
-                Seen::Covered(Some(result)) => break Outcome::Covered(result),
-                Seen::Covered(None) => break Outcome::Coalesced,
-                Seen::Uncovered => break Outcome::Revoked(Revoked::Cancelled),
+                Seen::Covered(Some(result)) => break Some(Outcome::Covered(result)),
+                Seen::Covered(None) => break Some(Outcome::Coalesced),
+                Seen::Uncovered => break Some(Outcome::Revoked(Revoked::Cancelled)),
                 Seen::Waiting => crate::sync::park(),
-                Seen::Watching => crate::sync::park_timeout(covered::WATCH_INTERVAL),
+                Seen::Watching if self.lease_ran_out(now) => break None,
+                Seen::Watching => {
+                    crate::sync::park_timeout(watch);
+                    // Looking less often the longer it takes: many waiters cost little.
+                    watch = (watch * 2).min(covered::WATCH_INTERVAL_MAX);
+                }
             }
         };
         self.completions.forget(id);
         outcome
+    }
+
+    /// Whether the deferral pending in `word` has outlived its deadline and the lease.
+    fn lease_ran_out(&self, word: u64) -> bool {
+        let Some(lease) = self.throttle.lease() else {
+            return false;
+        };
+        let threshold = crate::clock::nanos_saturating(self.throttle.threshold());
+        let end =
+            state::deadline(word, threshold).saturating_add(crate::clock::nanos_saturating(lease));
+        state::is_pending(word) && self.throttle.clock().now_nanos() >= end
     }
 }
 

@@ -310,3 +310,23 @@ fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
     });
     assert_eq!(outcome, Outcome::Coalesced);
 }
+
+#[test]
+fn a_waiter_takes_over_a_leaked_outside_deferral_once_its_lease_runs_out() {
+    const LEASE: Duration = Duration::from_millis(5);
+    let clock = ManualClock::with_auto_advance(false);
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .lease(LEASE)
+        .build()
+        .unwrap();
+    let job = Arc::new(Throttled::from_throttle(throttle, || 6));
+    assert_eq!(job.call(), Outcome::Now(6));
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    std::mem::forget(owner); // outside the wrapper, and never coming back
+                             // No other caller: the waiter itself takes the run over once the lease has run out.
+    let outcome = waiter_behind_an_outside_owner(&job, || clock.advance(T + LEASE));
+    assert_eq!(outcome, Outcome::Now(6));
+    assert!(!job.throttle().is_pending());
+}
