@@ -307,7 +307,9 @@ impl<F, C: Clock> Throttled<F, C> {
     /// wrapper, tells the waiters nothing; they watch the throttle's state for it instead
     /// (looking again after a millisecond, then less and less often, at least every 16 ms),
     /// and a run started there ends their wait when it starts, since it cannot be seen
-    /// finishing (`Coalesced`). So where calls go through `throttle()` as well as the wrapper,
+    /// finishing (`Coalesced`); one that keeps the stamp (flushed on a clock that has not moved
+    /// since the claim) looks exactly like a deferral given up, and its waiters are told
+    /// `Revoked(Cancelled)`. So where calls go through `throttle()` as well as the wrapper,
     /// a waiter may also end `Coalesced` as a covering run of the wrapper's starts, before it
     /// finishes. On a throttle with a [lease](crate::ThrottleBuilder::lease), a waiter whose
     /// owner outside the wrapper let the lease run out calls again, and so takes the run over
