@@ -4,6 +4,8 @@
 
 #[path = "support/expected_panics.rs"]
 mod expected_panics;
+#[path = "support/readings.rs"]
+mod readings;
 #[path = "support/stamp_clock.rs"]
 mod stamp_clock;
 #[path = "support/starts.rs"]
@@ -16,6 +18,7 @@ use atomic_throttle::{
     Throttle, Wait, Waiter,
 };
 use expected_panics::{expected, explosive, Expected};
+use readings::Readings;
 use stamp_clock::{last_reading, StampClock};
 use starts::Starts;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -32,41 +35,6 @@ fn busy_cores() -> std::sync::MutexGuard<'static, ()> {
     BUSY_CORES
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Readings of every run, recorded by the work.
-#[derive(Clone, Default)]
-struct Readings(Arc<Mutex<Vec<u64>>>);
-
-impl Readings {
-    fn push(&self, reading: u64) {
-        self.0.lock().unwrap().push(reading);
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn sorted(&self) -> Vec<u64> {
-        let mut readings = self.0.lock().unwrap().clone();
-        readings.sort_unstable();
-        readings
-    }
-    /// The smallest gap between two readings, and how many pairs are closer than `threshold`.
-    fn closest(&self, threshold: Duration) -> (u64, usize) {
-        let readings = self.sorted();
-        let gaps = readings.windows(2).map(|pair| pair[1] - pair[0]);
-        let close = gaps
-            .clone()
-            .filter(|gap| *gap < threshold.as_nanos() as u64)
-            .count();
-        (gaps.min().unwrap_or(u64::MAX), close)
-    }
-    fn assert_spaced(&self, threshold: Duration) {
-        let (closest, close) = self.closest(threshold);
-        assert_eq!(
-            close, 0,
-            "{close} pairs of runs closer than {threshold:?}; the closest {closest} ns apart"
-        );
-    }
 }
 
 /// A detached throttle on the default clock whose work records the stamp of each run (its

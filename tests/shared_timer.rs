@@ -6,6 +6,8 @@
 
 #[path = "support/expected_panics.rs"]
 mod expected_panics;
+#[path = "support/readings.rs"]
+mod readings;
 #[path = "support/stamp_clock.rs"]
 mod stamp_clock;
 #[path = "support/starts.rs"]
@@ -18,40 +20,13 @@ use atomic_throttle::{
     Throttle,
 };
 use expected_panics::{expected, explosive, Expected};
+use readings::Readings;
 use stamp_clock::{last_reading, StampClock};
 use starts::Starts;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 use wait_for::wait_for;
-
-/// Clock readings the work takes when it starts, one per run.
-#[derive(Clone, Default)]
-struct Readings(Arc<Mutex<Vec<u64>>>);
-
-impl Readings {
-    fn push(&self, reading: u64) {
-        self.0.lock().unwrap().push(reading);
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn sorted(&self) -> Vec<u64> {
-        let mut readings = self.0.lock().unwrap().clone();
-        readings.sort_unstable();
-        readings
-    }
-    /// The smallest gap between two readings, and how many pairs are closer than `threshold`.
-    fn closest(&self, threshold: Duration) -> (u64, usize) {
-        let readings = self.sorted();
-        let gaps = readings.windows(2).map(|pair| pair[1] - pair[0]);
-        let close = gaps
-            .clone()
-            .filter(|gap| *gap < threshold.as_nanos() as u64)
-            .count();
-        (gaps.min().unwrap_or(u64::MAX), close)
-    }
-}
 
 /// A work that records its own clock reading when it starts.
 fn recording(readings: &Readings) -> impl Fn() + Send + Sync + 'static {

@@ -203,14 +203,8 @@ fn waiter_behind<R: Clone + Send + 'static>(
         || job.throttle().is_pending(),
         "the owner claimed the deferral",
     );
-    let waiter = std::thread::spawn({
-        let job = job.clone();
-        move || job.call_covered()
-    });
-    wait_for(|| job.waiting() >= 1, "the waiter waits");
-    clock.advance(T);
-    wait_for(|| waiter.is_finished(), "the waiter to be woken");
-    (waiter.join().unwrap(), owner.join().is_err())
+    let outcome = waiter_until(job, || clock.advance(T));
+    (outcome, owner.join().is_err())
 }
 
 #[test]
@@ -249,38 +243,31 @@ fn a_waiter_is_woken_when_its_covering_run_panics() {
     }
 }
 
-/// Starts a caller waiting in `call_covered` behind the pending deferral; `then` settles that
-/// deferral from outside the wrapper; returns the waiter's answer, failing after 30 s rather
-/// than hang.
-fn waiter_behind_an_outside_owner<F: Fn() -> u32 + Send + Sync + 'static>(
-    job: &Arc<Throttled<F, ManualClock>>,
+/// Starts a caller waiting in `call_covered` behind the pending deferral, then does `then`
+/// (settles the deferral, or lets its owner's run come); returns the waiter's answer, failing
+/// after `wait_for`'s patience rather than hang.
+fn waiter_until<R: Clone + Send + 'static>(
+    job: &Arc<Throttled<impl Fn() -> R + Send + Sync + 'static, ManualClock>>,
     then: impl FnOnce(),
-) -> Outcome<u32> {
+) -> Outcome<R> {
     let waiter = std::thread::spawn({
         let job = job.clone();
         move || job.call_covered()
     });
     wait_for(|| job.waiting() >= 1, "the waiter waits");
     then();
-    wait_for(|| waiter.is_finished(), "the waiter to be told");
+    wait_for(|| waiter.is_finished(), "the waiter to be woken or told");
     waiter.join().unwrap()
 }
 
 #[test]
 fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
-    const LEASE: Duration = Duration::from_millis(5);
-    let clock = ManualClock::with_auto_advance(false);
-    let throttle = Throttle::builder(T)
-        .clock(clock.clone())
-        .lease(LEASE)
-        .build()
-        .unwrap();
-    let job = Arc::new(Throttled::from_throttle(throttle, || 1));
+    let (clock, job) = leased(|| 1);
     assert_eq!(job.call(), Outcome::Now(1));
     // The owner claimed through the throttle itself runs: covered, with no result to copy.
     let owner = job.throttle().admit();
     assert!(owner.is_deferred());
-    let outcome = waiter_behind_an_outside_owner(&job, || {
+    let outcome = waiter_until(&job, || {
         clock.advance(T);
         let Admission::Deferred(owner) = owner else {
             unreachable!()
@@ -291,12 +278,12 @@ fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
     // It gives its deferral up: nothing after it covers the waiter.
     let owner = job.throttle().admit();
     assert!(owner.is_deferred());
-    let outcome = waiter_behind_an_outside_owner(&job, || drop(owner));
+    let outcome = waiter_until(&job, || drop(owner));
     assert_eq!(outcome, Outcome::Revoked(Revoked::Cancelled));
     // The throttle's own cancel, while the outside owner holds it.
     let owner = job.throttle().admit();
     assert!(owner.is_deferred());
-    let outcome = waiter_behind_an_outside_owner(&job, || assert!(job.throttle().cancel()));
+    let outcome = waiter_until(&job, || assert!(job.throttle().cancel()));
     assert_eq!(outcome, Outcome::Revoked(Revoked::Cancelled));
     drop(owner);
     // Leaked, and taken over once its lease has passed by a call outside the wrapper: the
@@ -304,7 +291,7 @@ fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
     let owner = job.throttle().admit();
     assert!(owner.is_deferred());
     std::mem::forget(owner);
-    let outcome = waiter_behind_an_outside_owner(&job, || {
+    let outcome = waiter_until(&job, || {
         clock.advance(T + LEASE);
         assert!(job.throttle().admit().is_now(), "the takeover");
     });
@@ -313,20 +300,27 @@ fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
 
 #[test]
 fn a_waiter_takes_over_a_leaked_outside_deferral_once_its_lease_runs_out() {
-    const LEASE: Duration = Duration::from_millis(5);
+    let (clock, job) = leased(|| 6);
+    assert_eq!(job.call(), Outcome::Now(6));
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    std::mem::forget(owner); // outside the wrapper, and never coming back
+                             // No other caller: the waiter itself takes the run over once the lease has run out.
+    let outcome = waiter_until(&job, || clock.advance(T + LEASE));
+    assert_eq!(outcome, Outcome::Now(6));
+    assert!(!job.throttle().is_pending());
+}
+
+/// How long an abandoned deferral keeps its claim past its deadline, in the leased tests.
+const LEASE: Duration = Duration::from_millis(5);
+
+/// A wrapper of `work` on a throttle with a [`LEASE`], on a clock that moves only when told.
+fn leased<F: Fn() -> u32>(work: F) -> (ManualClock, Arc<Throttled<F, ManualClock>>) {
     let clock = ManualClock::with_auto_advance(false);
     let throttle = Throttle::builder(T)
         .clock(clock.clone())
         .lease(LEASE)
         .build()
         .unwrap();
-    let job = Arc::new(Throttled::from_throttle(throttle, || 6));
-    assert_eq!(job.call(), Outcome::Now(6));
-    let owner = job.throttle().admit();
-    assert!(owner.is_deferred());
-    std::mem::forget(owner); // outside the wrapper, and never coming back
-                             // No other caller: the waiter itself takes the run over once the lease has run out.
-    let outcome = waiter_behind_an_outside_owner(&job, || clock.advance(T + LEASE));
-    assert_eq!(outcome, Outcome::Now(6));
-    assert!(!job.throttle().is_pending());
+    (clock, Arc::new(Throttled::from_throttle(throttle, work)))
 }
