@@ -1206,3 +1206,55 @@ fn eight_threads_over_many_keys_keep_each_keys_runs_apart() {
         full.load(Relaxed)
     );
 }
+
+#[test]
+fn each_answer_reads_as_its_own_kind_and_prints_what_it_is() {
+    let clock = ManualClock::new();
+    let both: Table = KeyedThrottle::with_clock(T, 8, clock.clone()).unwrap();
+    let leading: Table = KeyedThrottle::builder(T, 8)
+        .clock(clock.clone())
+        .mode(Mode::LeadingOnly)
+        .build()
+        .unwrap();
+    let full: Table = KeyedThrottle::with_clock(T, 8, clock.clone()).unwrap();
+    for key in 0..8 {
+        assert!(full.admit(&key).is_now());
+    }
+    let _ = leading.admit(&1);
+    let answers = [
+        (both.admit(&1), "Now"),
+        (
+            both.admit(&1),
+            "Deferred(KeyedDeferral { deadline: 10000000, spent: false, .. })",
+        ),
+        (both.admit(&1), "Coalesced"),
+        (leading.admit(&1), "Suppressed { until: 10000000 }"),
+        (full.admit(&8), "Full"),
+    ];
+    for (index, (answer, text)) in answers.iter().enumerate() {
+        let kinds = [
+            answer.is_now(),
+            answer.is_deferred(),
+            answer.is_coalesced(),
+            answer.is_suppressed(),
+            answer.is_full(),
+        ];
+        let mut expected = [false; 5];
+        expected[index] = true;
+        assert_eq!(kinds, expected, "{answer:?}");
+        assert_eq!(format!("{answer:?}"), *text);
+    }
+    let text = format!("{full:?}");
+    assert!(
+        text.starts_with("KeyedThrottle { capacity: 8, threshold: 10ms, mode: LeadingAndTrailing")
+            && text.contains("refused: 1"),
+        "{text}"
+    );
+    let builder = KeyedThrottle::<u64>::builder(T, 8).counting(true);
+    let text = format!("{builder:?}");
+    assert!(
+        text.starts_with("KeyedThrottleBuilder { threshold: 10ms, capacity: 8,")
+            && text.contains("counting: true"),
+        "{text}"
+    );
+}

@@ -168,3 +168,48 @@ fn sub_microsecond_thresholds_still_space_runs() {
     assert!(throttle.admit().is_now());
     assert!(throttle.admit().is_deferred());
 }
+
+#[test]
+fn every_setting_accepts_exactly_the_largest_threshold_and_refuses_one_more() {
+    let max = Throttle::MAX_THRESHOLD;
+    let past = max + Duration::from_nanos(1);
+    let keyed = KeyedThrottle::<u8>::try_new(max, 8).unwrap();
+    assert_eq!(keyed.threshold(), max);
+    assert_eq!(
+        KeyedThrottle::<u8>::try_new(past, 8)
+            .unwrap_err()
+            .requested(),
+        past
+    );
+    let leased = KeyedThrottle::<u8>::builder(max, 8)
+        .lease(max)
+        .build()
+        .unwrap();
+    assert_eq!(leased.lease(), Some(max));
+    let err = KeyedThrottle::<u8>::builder(max, 8)
+        .lease(past)
+        .build()
+        .unwrap_err();
+    assert_eq!((err.what(), err.requested()), ("lease", past));
+    assert!(keyed.set_threshold(max).is_ok());
+    assert_eq!(keyed.set_threshold(past).unwrap_err().requested(), past);
+    assert_eq!(keyed.threshold(), max);
+
+    let throttle = Throttle::builder(max).lease(max).build().unwrap();
+    assert_eq!(throttle.lease(), Some(max));
+    assert!(throttle.set_threshold(max).is_ok());
+    assert_eq!(throttle.set_threshold(past).unwrap_err().requested(), past);
+    assert!(Latest::try_new(max, |_: u8| ()).is_ok());
+    assert_eq!(
+        Latest::try_new(past, |_: u8| ()).unwrap_err().requested(),
+        past
+    );
+    assert!(Detached::builder(Throttle::new(max))
+        .shutdown_grace(max)
+        .is_ok());
+    let err = Detached::builder(Throttle::new(max))
+        .shutdown_grace(past)
+        .err()
+        .unwrap();
+    assert_eq!((err.what(), err.requested()), ("shutdown grace", past));
+}
