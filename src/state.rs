@@ -477,6 +477,11 @@ mod tests {
         // A deadline past the end never comes.
         assert_eq!(deadline(stamped(FRESH, u64::MAX), 1), u64::MAX);
         assert_eq!(deadline(stamped(FRESH, 500 * YEAR), 1), 500 * YEAR + 1);
+        // A deadline exactly at the end comes, at the end, as the window's end does.
+        let last = stamped(FRESH, END_NANOS - 1_000);
+        assert_eq!(deadline(last, 1_000), END_NANOS);
+        assert!(window_passed(last, END_NANOS, 1_000));
+        assert!(!window_passed(last, END_NANOS - 1, 1_000));
     }
 
     #[test]

@@ -1258,3 +1258,70 @@ fn each_answer_reads_as_its_own_kind_and_prints_what_it_is() {
         "{text}"
     );
 }
+
+#[test]
+fn a_keyed_deferral_reads_its_remaining_time_and_waits_asynchronously() {
+    let (table, clock) = table(8);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let no_timer = |_: Duration| -> std::future::Ready<()> {
+        panic!("a wait on a ManualClock asked for a real timer")
+    };
+    assert!(table.admit(&1).is_now());
+    clock.advance(Duration::from_millis(4));
+    let deferral = deferred(table.admit(&1));
+    assert_eq!(deferral.remaining(), Duration::from_millis(6));
+    assert_eq!(runtime.block_on(deferral.wait_with(no_timer)), Ok(()));
+    assert_eq!(clock.now(), T, "the clock moved exactly to the deadline");
+    assert_eq!(
+        table.last_run(&1),
+        Some(10_000_000),
+        "the wait stamped the run"
+    );
+    let deferral = deferred(table.admit(&1));
+    assert!(table.cancel(&1));
+    assert_eq!(
+        runtime.block_on(deferral.wait_with(no_timer)),
+        Err(Revoked::Cancelled)
+    );
+    #[cfg(feature = "tokio")]
+    {
+        let deferral = deferred(table.admit(&1));
+        assert!(table.cancel(&1));
+        assert_eq!(
+            runtime.block_on(deferral.wait_async()),
+            Err(Revoked::Cancelled)
+        );
+        let deferral = deferred(table.admit(&1));
+        assert_eq!(runtime.block_on(deferral.wait_async()), Ok(()));
+        assert_eq!(table.last_run(&1), Some(20_000_000));
+    }
+    assert!(!table.is_pending(&1));
+}
+
+#[test]
+fn a_keyed_throttle_reports_its_mode_and_hands_over_its_skipped_count() {
+    let clock = ManualClock::new();
+    let table: Table = KeyedThrottle::builder(T, 8)
+        .clock(clock.clone())
+        .counting(true)
+        .build()
+        .unwrap();
+    assert_eq!(table.mode(), Mode::LeadingAndTrailing);
+    assert!(table.admit(&1).is_now());
+    let _owner = deferred(table.admit(&1));
+    for _ in 0..3 {
+        assert!(table.admit(&1).is_coalesced());
+    }
+    assert_eq!(table.take_skipped(), 3);
+    assert_eq!(table.take_skipped(), 0, "taken, so counted afresh");
+    let leading: Table = KeyedThrottle::builder(T, 8)
+        .clock(clock)
+        .mode(Mode::LeadingOnly)
+        .build()
+        .unwrap();
+    assert_eq!(leading.mode(), Mode::LeadingOnly);
+    assert_eq!(leading.take_skipped(), 0, "not counting");
+}
