@@ -92,6 +92,31 @@ mod tests {
     }
 
     #[test]
+    fn the_candidates_are_both_buckets_in_order_and_each_has_its_own_bit() {
+        let mut two_buckets = 0;
+        for buckets in [2, 3, 7, 128, 1 << 20] {
+            for hash in [0, 1, u64::MAX, 0x8000_0000_0000_0000, 0xdead_beef_f00d_cafe] {
+                let candidates = Candidates::of(hash, buckets);
+                let [first, second] = candidates.buckets();
+                let mut expected: Vec<usize> = (first * WAYS..(first + 1) * WAYS).collect();
+                if second != first {
+                    expected.extend(second * WAYS..(second + 1) * WAYS);
+                    two_buckets += 1;
+                }
+                assert_eq!(candidates.slots().collect::<Vec<_>>(), expected);
+                for (position, &slot) in expected.iter().enumerate() {
+                    assert_eq!(candidates.mask_of(slot), 1 << position, "slot {slot}");
+                }
+                let outside = (0..buckets * WAYS).find(|slot| !expected.contains(slot));
+                if let Some(slot) = outside {
+                    assert_eq!(candidates.mask_of(slot), 0, "slot {slot} is no candidate");
+                }
+            }
+        }
+        assert!(two_buckets >= 5, "{two_buckets} keys with two buckets");
+    }
+
+    #[test]
     fn no_key_has_the_fingerprint_of_no_key() {
         assert_eq!(fingerprint(0), 1);
         assert_eq!(fingerprint(7), 7);
