@@ -12,6 +12,18 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use wait_for::wait_for;
 
+/// Moves the clock a year on if the test fails while an owner waits on it, so that the owner
+/// returns and the failure is reported, instead of the scope that joins the owner hanging.
+struct FreeOnFailure<'a>(&'a ManualClock);
+
+impl Drop for FreeOnFailure<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.advance(Duration::from_secs(365 * 24 * 3600));
+        }
+    }
+}
+
 /// Joins `owner` once it has finished, failing after a while with `what` rather than hanging.
 fn join_within<T>(owner: std::thread::ScopedJoinHandle<'_, T>, what: &str) -> T {
     wait_for(|| owner.is_finished(), what);
@@ -134,6 +146,7 @@ fn without_auto_advance_a_waiting_owner_waits_for_the_test() {
         panic!("expected Deferred")
     };
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| deferral.run(|| clock.now()));
         wait_for(|| clock.waiters() == 1, "the owner to wait on the clock");
         clock.advance(T - Duration::from_nanos(1));
@@ -155,6 +168,7 @@ fn without_auto_advance_cancel_flush_and_a_new_threshold_wake_the_owner() {
         panic!("expected Deferred")
     };
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| deferral.run(|| unreachable!("a cancelled deferral ran")));
         wait_for(|| clock.waiters() == 1, "the owner to wait");
         assert!(throttle.cancel());
@@ -168,6 +182,7 @@ fn without_auto_advance_cancel_flush_and_a_new_threshold_wake_the_owner() {
         panic!("expected Deferred")
     };
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| deferral.run(|| clock.now_nanos()));
         wait_for(|| clock.waiters() == 1, "the owner to wait");
         assert!(throttle.flush());
@@ -179,6 +194,7 @@ fn without_auto_advance_cancel_flush_and_a_new_threshold_wake_the_owner() {
         panic!("expected Deferred")
     };
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| deferral.run(|| clock.now()));
         wait_for(|| clock.waiters() == 1, "the owner to wait");
         throttle.set_threshold(Duration::from_millis(1)).unwrap();
@@ -198,6 +214,7 @@ fn an_async_owner_is_woken_by_a_cancel() {
         panic!("expected Deferred")
     };
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| block_on(deferral.wait_with(no_timer)));
         wait_for(|| clock.waiters() == 1, "the async owner to wait");
         assert!(throttle.cancel());
