@@ -241,8 +241,9 @@ impl<C: Clock + ?Sized> Clock for std::sync::Arc<C> {
 /// step backwards and forwards by up to seconds (quanta issue 111). The throttle counts a
 /// backward step as no time, so such a step would delay deferred runs by up to its size.
 /// `DefaultClock` watches for it: each reading is compared with a process-wide high-water
-/// mark of earlier readings, and a reading more than [`DefaultClock::SKEW_BOUND`] (10 ms)
-/// behind it switches the whole process to the OS monotonic clock (`std::time::Instant`),
+/// mark of earlier readings (written only once the readings are 1 ms past it, to keep shared
+/// writes rare, so it may trail the latest reading by up to 1 ms), and a reading more than
+/// [`DefaultClock::SKEW_BOUND`] (10 ms) behind the mark switches the whole process to the OS monotonic clock (`std::time::Instant`),
 /// continued from the high-water mark so that time never runs backwards across the switch.
 /// Smaller steps are not detected; they delay a run by at most their size.
 /// [`DefaultClock::source`] says which source is in use.
@@ -627,6 +628,22 @@ mod tsc {
             );
             assert!(clock.now_nanos() >= HIGH, "continued from the mark");
             assert_eq!(clock.source(), ClockSource::Os, "one more is a skew");
+        }
+
+        #[test]
+        fn the_mark_is_written_only_once_readings_are_a_millisecond_past_it() {
+            const HIGH: u64 = 5_000_000_000;
+            const BOUND: u64 = 10_000_000;
+            let readings = vec![HIGH, HIGH + PUBLISH_EVERY - 1, HIGH + PUBLISH_EVERY];
+            let clock = Watched::new(Scripted(std::sync::Mutex::new(readings)), BOUND);
+            let mark = || clock.high_water.load(Ordering::Relaxed);
+            assert_eq!(clock.now_nanos(), HIGH);
+            assert_eq!(mark(), HIGH, "the first reading is published");
+            assert_eq!(clock.now_nanos(), HIGH + PUBLISH_EVERY - 1);
+            assert_eq!(mark(), HIGH, "less than a millisecond on: no shared write");
+            assert_eq!(clock.now_nanos(), HIGH + PUBLISH_EVERY);
+            assert_eq!(mark(), HIGH + PUBLISH_EVERY);
+            assert_eq!(clock.source(), ClockSource::Tsc);
         }
 
         #[test]

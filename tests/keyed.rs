@@ -1323,5 +1323,7 @@ fn a_keyed_throttle_reports_its_mode_and_hands_over_its_skipped_count() {
         .build()
         .unwrap();
     assert_eq!(leading.mode(), Mode::LeadingOnly);
+    assert!(leading.admit(&1).is_now());
+    assert!(leading.admit(&1).is_suppressed());
     assert_eq!(leading.take_skipped(), 0, "not counting");
 }

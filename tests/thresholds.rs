@@ -191,14 +191,29 @@ fn every_setting_accepts_exactly_the_largest_threshold_and_refuses_one_more() {
         .build()
         .unwrap_err();
     assert_eq!((err.what(), err.requested()), ("lease", past));
-    assert!(keyed.set_threshold(max).is_ok());
+    let keyed = KeyedThrottle::<u8>::try_new(Duration::from_secs(1), 8).unwrap();
     assert_eq!(keyed.set_threshold(past).unwrap_err().requested(), past);
+    assert_eq!(
+        keyed.threshold(),
+        Duration::from_secs(1),
+        "a refused threshold changes nothing"
+    );
+    assert!(keyed.set_threshold(max).is_ok());
     assert_eq!(keyed.threshold(), max);
 
-    let throttle = Throttle::builder(max).lease(max).build().unwrap();
+    let throttle = Throttle::builder(Duration::from_secs(1))
+        .lease(max)
+        .build()
+        .unwrap();
     assert_eq!(throttle.lease(), Some(max));
-    assert!(throttle.set_threshold(max).is_ok());
     assert_eq!(throttle.set_threshold(past).unwrap_err().requested(), past);
+    assert_eq!(
+        throttle.threshold(),
+        Duration::from_secs(1),
+        "a refused threshold changes nothing"
+    );
+    assert!(throttle.set_threshold(max).is_ok());
+    assert_eq!(throttle.threshold(), max);
     assert!(Latest::try_new(max, |_: u8| ()).is_ok());
     assert_eq!(
         Latest::try_new(past, |_: u8| ()).unwrap_err().requested(),

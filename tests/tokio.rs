@@ -786,8 +786,6 @@ async fn a_waiter_whose_future_is_dropped_is_forgotten() {
     assert_eq!(owner.await.unwrap(), Outcome::Deferred(2));
 }
 
-/// Yields to the runtime until `done`, failing after 30 s of real time with `what` rather than
-/// spin forever.
 /// Waits a few turns of a current-thread runtime for `done`: for what the tasks just spawned
 /// make true when they are first polled, so that a wrong reading fails at once.
 async fn soon(what: &str, done: impl Fn() -> bool) {
@@ -800,6 +798,8 @@ async fn soon(what: &str, done: impl Fn() -> bool) {
     panic!("after 100 turns of the runtime, still not true: {what}");
 }
 
+/// Yields to the runtime until `done`, failing after 30 s of real time with `what` rather than
+/// spin forever.
 async fn until(what: &str, done: impl Fn() -> bool) {
     let patience = std::time::Instant::now() + Duration::from_secs(30);
     while !done() {
