@@ -124,16 +124,20 @@ impl Counters {
                 // sees the count sees the call's earlier writes too.
                 cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Release);
             }
-            Some(_) => {
-                // The broken variant: every thread's load-and-store on one shared cell.
-                let cell = &self.overflow.count;
-                cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Release);
-            }
+            Some(_) => self.skipped_on_one_cell(),
             // Release: as above.
             None => {
                 self.overflow.count.fetch_add(1, Ordering::Release);
             }
         }
+    }
+
+    /// The broken variant of [`skipped`](Counters::skipped), for the negative control of loom
+    /// model 17: every thread's load-and-store on one shared cell, so counts are lost.
+    #[cold]
+    fn skipped_on_one_cell(&self) {
+        let cell = &self.overflow.count;
+        cell.store(cell.load(Ordering::Relaxed) + 1, Ordering::Release);
     }
 
     /// Claims every count made since the last take.
