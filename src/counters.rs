@@ -176,7 +176,7 @@ mod slot {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     /// One bit per slot, set while a thread holds it.
-    static TAKEN: AtomicU64 = AtomicU64::new(0);
+    pub(super) static TAKEN: AtomicU64 = AtomicU64::new(0);
     const _: () = assert!(SLOTS == 64, "one bit of TAKEN per slot");
 
     struct Held(Option<usize>);
@@ -224,7 +224,9 @@ mod slot {
 }
 
 /// Under loom each model thread gets the next slot of the execution.
+// Not compiled outside loom, so not mutated: cargo-mutants sees only the attribute's name.
 #[cfg(loom)]
+#[cfg_attr(mutants, mutants::skip)]
 mod slot {
     use super::SLOTS;
 
@@ -241,5 +243,60 @@ mod slot {
 
     pub(super) fn current() -> Option<usize> {
         HELD.with(|held| *held)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{slot, SLOTS};
+    use std::sync::atomic::Ordering;
+    use std::sync::{mpsc, Arc, Barrier};
+
+    #[test]
+    fn threads_alive_together_count_in_slots_of_their_own() {
+        const THREADS: usize = 8;
+        let barrier = Arc::new(Barrier::new(THREADS));
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let slot = slot::current();
+                    barrier.wait();
+                    slot
+                })
+            })
+            .collect();
+        let mut slots: Vec<usize> = handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap().expect("a thread without a slot"))
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), THREADS, "two live threads shared a slot");
+    }
+
+    #[test]
+    fn a_finished_thread_gives_back_its_own_slot_and_no_other() {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let (tell, told) = mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            tell.send(slot::current()).unwrap();
+            let _ = stopped.recv();
+        });
+        let held = told.recv().unwrap().expect("a slot");
+        let taken = || slot::TAKEN.load(Ordering::Relaxed) & (1 << held) != 0;
+        assert!(taken());
+        // More threads, one after another, than there are slots: each finds one free.
+        for _ in 0..2 * SLOTS {
+            let slot = std::thread::spawn(slot::current).join().unwrap();
+            assert!(
+                slot.is_some(),
+                "finished threads did not give their slots back"
+            );
+            assert_ne!(slot, Some(held), "a live thread's slot was handed out");
+            assert!(taken(), "a finished thread gave back a live thread's slot");
+        }
+        drop(stop);
+        holder.join().unwrap();
     }
 }
