@@ -279,12 +279,18 @@ impl<C: Clock> Word<'_, C> {
             return Look::Done(Err(self.revoked(word)));
         }
         let threshold = self.core.threshold_nanos();
-        if state::is_flushed(seen)
-            || state::window_passed(word, self.core.clock.now_nanos(), threshold)
-        {
+        let now = self.core.clock.now_nanos();
+        if state::is_flushed(seen) || state::window_passed(word, now, threshold) {
             Look::Done(Ok(()))
         } else {
-            Look::Until(state::deadline(word, threshold))
+            let deadline = state::deadline(word, threshold);
+            // A window not passed at `now` ends after it: a wait for a deadline already
+            // reached would never end, so a bug here fails instead.
+            debug_assert!(
+                deadline > now,
+                "the window ends at {deadline} ns, now {now} ns"
+            );
+            Look::Until(deadline)
         }
     }
 
@@ -301,7 +307,13 @@ impl<C: Clock> Word<'_, C> {
             let now = self.core.clock.now_nanos();
             let threshold = self.core.threshold_nanos();
             if !state::is_flushed(seen) && !state::window_passed(word, now, threshold) {
-                return Look::Until(state::deadline(word, threshold));
+                let deadline = state::deadline(word, threshold);
+                // As in `look`.
+                debug_assert!(
+                    deadline > now,
+                    "the window ends at {deadline} ns, now {now} ns"
+                );
+                return Look::Until(deadline);
             }
             let next = state::stamped(word, now);
             if sync::is_mutant(sync::mutant!(SplitStamp)) {
@@ -483,5 +495,46 @@ impl<C: Clock> Word<'_, C> {
             owner.wake();
         }
         true
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::{ManualClock, Throttle};
+
+    /// A caller whose CAS fails because another call changed the word after it was read.
+    #[test]
+    fn a_lost_cas_is_counted_and_the_word_seen_is_decided_on() {
+        let clock = ManualClock::new();
+        let throttle = Throttle::with_clock(Duration::from_millis(10), clock).unwrap();
+        assert!(throttle.admit().is_now());
+        let before_that_run = state::FRESH;
+        let mut lost = 0;
+        let answer = throttle
+            .word()
+            .decide_and_install(before_that_run, &mut lost);
+        assert_eq!(lost, 1, "one CAS lost to the run");
+        assert!(
+            matches!(answer, Answer::Claimed(word) if state::is_pending(word)),
+            "decided again on the stamped word: a claim inside its window, got {answer:?}"
+        );
+        assert!(throttle.is_pending());
+    }
+
+    /// The same for a word that changed hands: nothing is installed.
+    #[test]
+    fn a_lost_cas_to_a_word_that_is_no_longer_ours_installs_nothing() {
+        let clock = ManualClock::new();
+        let throttle = Throttle::with_clock(Duration::from_millis(10), clock).unwrap();
+        assert!(throttle.admit().is_now());
+        let seen = throttle.load(Ordering::Relaxed);
+        let mut lost = 0;
+        let answer = throttle
+            .word()
+            .decide_and_install_while(state::FRESH, &mut lost, |word| word == state::FRESH);
+        assert!(answer.is_none(), "{answer:?}");
+        assert_eq!(lost, 1);
+        assert_eq!(throttle.load(Ordering::Relaxed), seen, "nothing installed");
     }
 }
