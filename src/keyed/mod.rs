@@ -35,6 +35,20 @@ use std::collections::hash_map::RandomState;
 use std::sync::Arc;
 use table::{Found, Inserted, Table, WAYS};
 
+/// Counts a round of a lookup or admission loop and, in debug builds, fails the call after
+/// 2^16 rounds: a round is retried only after another caller changed the entry, so that many
+/// in one call means no progress is being made (a bug), and a test fails instead of hanging.
+/// (A macro, so that mutation testing does not mutate the check itself.)
+macro_rules! count_round {
+    ($rounds:ident) => {
+        $rounds = $rounds.wrapping_add(1);
+        debug_assert!(
+            $rounds < 1 << 16,
+            "a keyed lookup went round 2^16 times without progress"
+        );
+    };
+}
+
 /// One throttle per key, in a table of fixed capacity: [`admit`](KeyedThrottle::admit) answers
 /// for `key` exactly as [`Throttle::admit`] answers for one throttle, or refuses a key that
 /// finds the table full.
@@ -776,7 +790,9 @@ impl<K: Hash + ?Sized, C: Clock, S: BuildHasher> KeyedThrottle<K, C, S> {
     /// false if the key has no entry.
     fn change_entry(&self, key: &K, change: impl Fn(usize, u64) -> bool) -> bool {
         let (key, candidates) = self.locate(key);
+        let mut rounds = 0u32;
         loop {
+            count_round!(rounds);
             match self.table.find(key, &candidates) {
                 Found::Entry { slot, .. } => return change(slot, key),
                 Found::Absent => return false,
@@ -830,7 +846,9 @@ impl<K: Hash + ?Sized, C: Clock, S: BuildHasher> KeyedThrottle<K, C, S> {
     /// The state word of `key`'s entry, if it has one.
     fn entry_word(&self, key: &K) -> Option<u64> {
         let (key, candidates) = self.locate(key);
+        let mut rounds = 0u32;
         loop {
+            count_round!(rounds);
             match self.table.find(key, &candidates) {
                 Found::Entry { word, .. } => return Some(word),
                 Found::Absent => return None,
@@ -860,7 +878,9 @@ impl<K: Hash + ?Sized, C: Clock, S: BuildHasher> KeyedThrottle<K, C, S> {
         let (key, candidates) = self.locate(key);
         // The candidates whose insert this call finished for another key: see `Table::insert`.
         let mut excluded = 0;
+        let mut rounds = 0u32;
         loop {
+            count_round!(rounds);
             let (slot, answer) = match self.table.find(key, &candidates) {
                 Found::Entry { slot, word } => {
                     if self.core.coalesces(word) {
