@@ -41,6 +41,27 @@ fn a_flush_makes_the_pending_deferral_due_at_once() {
 }
 
 #[test]
+fn a_cancelled_owner_of_a_leased_throttle_is_told_cancelled_even_once_its_lease_ran_out() {
+    let clock = ManualClock::new();
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .lease(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    assert!(throttle.admit().is_now());
+    let Admission::Deferred(deferral) = throttle.admit() else {
+        panic!("expected Deferred")
+    };
+    assert!(throttle.cancel());
+    clock.advance(T + Duration::from_millis(6));
+    let answer = deferral.try_run(|| unreachable!("a cancelled deferral ran"));
+    match answer {
+        Err(NotRun::Revoked(why)) => assert_eq!(why, Revoked::Cancelled),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn a_cancel_revokes_the_owner_without_blocking() {
     let (throttle, _) = manual(T);
     assert!(!throttle.cancel());
