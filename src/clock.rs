@@ -662,6 +662,7 @@ loom::lazy_static! {
 }
 
 #[cfg(loom)]
+#[cfg_attr(mutants, mutants::skip)] // loom-only: never built by the tests
 impl Clock for DefaultClock {
     fn now_nanos(&self) -> u64 {
         VIRTUAL_NANOS.now_nanos()

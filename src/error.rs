@@ -167,11 +167,10 @@ impl Message {
     }
 
     const fn str(mut self, text: &str) -> Self {
-        let bytes = text.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            self = self.byte(bytes[i]);
-            i += 1;
+        let mut rest = text.as_bytes();
+        while let [first, tail @ ..] = rest {
+            self = self.byte(*first);
+            rest = tail;
         }
         self
     }
@@ -188,9 +187,11 @@ impl Message {
                 break;
             }
         }
-        while count > 0 {
-            count -= 1;
-            self = self.byte(digits[count]);
+        // Most significant first: the digits were found least significant first.
+        let (mut rest, _) = digits.split_at(count);
+        while let [head @ .., last] = rest {
+            self = self.byte(*last);
+            rest = head;
         }
         self
     }
@@ -206,3 +207,26 @@ impl Message {
 }
 
 impl std::error::Error for ThresholdError {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_longer_than_its_room_is_cut_off_not_a_panic() {
+        let long = "x".repeat(Message::CAPACITY + 80);
+        let message = Message::new().str(&long).u128(u128::MAX);
+        assert_eq!(message.as_str(), &long[..Message::CAPACITY]);
+    }
+
+    #[test]
+    fn numbers_are_written_with_every_digit() {
+        let message = Message::new()
+            .u128(0)
+            .str(" ")
+            .u128(1_000_907)
+            .str(" ")
+            .u128(u128::MAX);
+        assert_eq!(message.as_str(), format!("0 1000907 {}", u128::MAX));
+    }
+}

@@ -430,6 +430,7 @@ impl Throttle<DefaultClock> {
     ///
     /// If `threshold` exceeds [`Throttle::MAX_THRESHOLD`].
     #[cfg(loom)]
+    #[cfg_attr(mutants, mutants::skip)] // loom-only: never built by the tests
     pub fn with_mode(threshold: Duration, mode: Mode) -> Self {
         match Self::builder(threshold).mode(mode).build() {
             Ok(throttle) => throttle,
@@ -444,6 +445,7 @@ impl Throttle<DefaultClock> {
     ///
     /// If `threshold` exceeds [`Throttle::MAX_THRESHOLD`].
     #[cfg(loom)]
+    #[cfg_attr(mutants, mutants::skip)] // loom-only: never built by the tests
     pub fn new(threshold: Duration) -> Self {
         match Self::try_new(threshold) {
             Ok(throttle) => throttle,

@@ -24,6 +24,7 @@ impl WakeSlot {
     }
 
     #[cfg(loom)]
+    #[cfg_attr(mutants, mutants::skip)] // loom-only: never built by the tests
     pub(crate) fn new() -> Self {
         Self {
             waker: Mutex::new(None),

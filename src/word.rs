@@ -66,6 +66,7 @@ impl<C> Core<C> {
     /// A core with `threshold` nanoseconds (already checked against the largest); not `const`
     /// under loom, whose atomics are not.
     #[cfg(loom)]
+    #[cfg_attr(mutants, mutants::skip)] // loom-only: never built by the tests
     pub(crate) fn new(
         threshold: u64,
         mode: Mode,
