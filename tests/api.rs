@@ -4,7 +4,7 @@
 use atomic_throttle::{
     Admission, Clock, ClockSource, CoarseClock, DefaultClock, Detached, Dispatch, Latest,
     LeadingRun, ManualClock, Mode, NotRun, Outcome, Revoked, Shutdown, Stats, ThresholdError,
-    Throttle, Throttled,
+    Throttle, Throttled, Wait, Waiter,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -485,4 +485,51 @@ fn sleeps_block_for_about_their_duration() {
     let started = std::time::Instant::now();
     clock.sleep(Duration::from_micros(100));
     assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+/// A clock of the test's own: each wait moves it on by `step` and answers `answer`, and, for
+/// `UntilWoken`, wakes the waiter itself from another thread; its `sleep` must not be used.
+struct Stepping {
+    now: std::sync::atomic::AtomicU64,
+    step: u64,
+    answer: Wait,
+}
+
+impl Clock for Stepping {
+    fn now_nanos(&self) -> u64 {
+        self.now.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn wait_for(&self, waiter: Waiter<'_>, _deadline: u64) -> Wait {
+        self.now
+            .fetch_add(self.step, std::sync::atomic::Ordering::SeqCst);
+        if self.answer == Wait::UntilWoken {
+            let waker = waiter.waker().clone();
+            std::thread::spawn(move || waker.wake());
+        }
+        self.answer
+    }
+    fn sleep(&self, _: Duration) {
+        panic!("asked to sleep after answering {:?}", self.answer)
+    }
+}
+
+#[test]
+fn a_clock_that_answers_now_yield_or_until_woken_is_looked_at_again_without_a_sleep() {
+    for answer in [Wait::Now, Wait::Yield, Wait::UntilWoken] {
+        let clock = Stepping {
+            now: std::sync::atomic::AtomicU64::new(0),
+            step: 1_000_000,
+            answer,
+        };
+        let throttle = Throttle::with_clock(T, &clock).unwrap();
+        assert!(throttle.admit().is_now());
+        let Admission::Deferred(deferral) = throttle.admit() else {
+            panic!("expected Deferred")
+        };
+        assert_eq!(
+            deferral.run(|| clock.now_nanos()),
+            Ok(10_000_000),
+            "{answer:?}"
+        );
+    }
 }
