@@ -718,3 +718,24 @@ fn a_timer_needs_a_worker_and_outlives_its_handles_while_throttles_use_it() {
     assert!(job.is_running());
     drop(job); // stops the timer's threads too
 }
+
+#[test]
+fn a_timer_reports_its_settings_and_a_requested_shutdown_ends_its_threads() {
+    let timer = SharedTimer::builder()
+        .workers(3)
+        .lead(Duration::from_micros(350))
+        .spawn()
+        .unwrap();
+    assert_eq!(timer.workers(), 3);
+    assert_eq!(timer.lead(), Duration::from_micros(350));
+    let text = format!("{timer:?}");
+    assert!(
+        text.starts_with("SharedTimer { workers: 3, lead: 350µs, throttles: 0, running: true"),
+        "{text}"
+    );
+    timer.request_shutdown();
+    wait_for(
+        || !timer.is_running(),
+        "the timer to stop after request_shutdown",
+    );
+}
