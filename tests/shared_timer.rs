@@ -739,3 +739,19 @@ fn a_timer_reports_its_settings_and_a_requested_shutdown_ends_its_threads() {
         "the timer to stop after request_shutdown",
     );
 }
+
+#[test]
+fn dropping_the_last_handle_ends_the_timers_threads() {
+    let clock = Arc::new(ManualClock::new());
+    let timer = SharedTimer::builder().clock(clock.clone()).spawn().unwrap();
+    let other = timer.clone();
+    assert!(Arc::strong_count(&clock) > 1, "the timer holds the clock");
+    drop(timer);
+    assert!(other.is_running(), "another handle keeps it");
+    drop(other);
+    assert_eq!(
+        Arc::strong_count(&clock),
+        1,
+        "the timer's threads ended, and let go of the clock, when its last handle was dropped"
+    );
+}
