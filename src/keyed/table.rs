@@ -147,10 +147,25 @@ const fn slot_of(class_word: u64) -> usize {
 #[inline]
 pub(crate) fn is_idle(word: u64, now: u64, threshold: u64) -> bool {
     if sync::is_mutant(sync::mutant!(EvictPending)) {
-        // The broken variant: any entry that is not being handed over is taken.
-        return !is_reserved(word);
+        return evict_pending(word);
     }
     !is_reserved(word) && !state::is_pending(word) && state::window_passed(word, now, threshold)
+}
+
+/// The broken variant of [`Table::holds`], for the negative control of loom model k1: the
+/// entry is taken for the key's without reading its key word. Never run by the tests that
+/// cargo-mutants runs, so not mutated.
+#[cfg_attr(mutants, mutants::skip)]
+const fn unchecked_key(word: u64) -> bool {
+    !is_reserved(word)
+}
+
+/// The broken variant of [`is_idle`], for the negative controls of loom models k1 and k2: any
+/// entry that is not being handed over is taken, pending or not. Never run by the tests that
+/// cargo-mutants runs, so not mutated.
+#[cfg_attr(mutants, mutants::skip)]
+const fn evict_pending(word: u64) -> bool {
+    !is_reserved(word)
 }
 
 /// The first state word of an entry handed over from the idle word `idle`: the generation
@@ -313,7 +328,7 @@ impl Table {
     #[inline(always)]
     fn entry_holds(entry: &Slot, key: u64, word: u64) -> bool {
         if sync::is_mutant(sync::mutant!(UncheckedKey)) {
-            return !is_reserved(word);
+            return unchecked_key(word);
         }
         // Acquire: pairs with the SeqCst store of the key in `insert`, so that a key word
         // written after a reservation orders this caller's next CAS after that reservation.
@@ -621,6 +636,12 @@ mod tests {
     #[test]
     fn class_words_count_and_name() {
         let idle = finished(activated(0, 5));
+        assert_eq!(idle, SEQ_ONE, "one insert counted, no entry named");
+        assert_eq!(
+            finished(activated(idle, 7)),
+            2 * SEQ_ONE,
+            "one more counted"
+        );
         assert!(!is_active(idle));
         let active = activated(idle, MAX_ENTRIES - 1);
         assert!(is_active(active));
