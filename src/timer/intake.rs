@@ -212,3 +212,68 @@ impl Intake {
         self.head.load(Ordering::Relaxed) != EMPTY
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The entries' indices from the top of a taken stack down, dequeuing each (at most 10).
+    fn take_all(intake: &Intake, links: &[Link]) -> Vec<u64> {
+        let mut indices = Vec::new();
+        let mut at = intake.take();
+        while at != EMPTY && indices.len() < 10 {
+            let link = &links[(at - 1) as usize];
+            indices.push(link.index());
+            at = link.next();
+            link.dequeue();
+        }
+        indices
+    }
+
+    #[test]
+    fn a_take_gets_every_push_last_first_and_an_entry_is_pushed_once_until_dequeued() {
+        let links: Vec<Link> = (0..3)
+            .map(|index| {
+                let link = Link::new();
+                link.set_index(index);
+                link
+            })
+            .collect();
+        let intake = Intake::new();
+        assert!(!intake.has_entries());
+        assert!(intake.push(&links[0]));
+        assert!(intake.push(&links[2]));
+        assert!(!intake.push(&links[0]), "already on the stack");
+        assert!(links[0].is_queued() && !links[1].is_queued());
+        assert!(intake.has_entries());
+        assert_eq!(take_all(&intake, &links), [2, 0]);
+        assert!(!intake.has_entries());
+        assert_eq!(intake.take(), EMPTY);
+        assert!(!links[0].is_queued());
+        assert!(intake.push(&links[0]), "pushed again once taken off");
+        assert_eq!(take_all(&intake, &links), [0]);
+    }
+
+    #[test]
+    fn a_returned_mark_is_taken_once() {
+        let link = Link::new();
+        assert!(!link.take_returned());
+        link.set_returned();
+        assert!(link.take_returned());
+        assert!(!link.take_returned());
+    }
+
+    #[test]
+    fn the_lifecycle_moves_on_and_names_its_waiter() {
+        let link = Link::new();
+        assert!(!link.is_done() && !link.is_removed() && !link.is_retired());
+        assert!(link.reach(DONE).is_none(), "no waiter yet");
+        assert!(link.is_done() && !link.is_removed());
+        link.wait_here();
+        let waiter = link.reach(REMOVED).map(|thread| thread.id());
+        assert_eq!(waiter, Some(std::thread::current().id()));
+        assert!(link.is_removed());
+        link.retire();
+        assert!(link.is_retired());
+    }
+}
