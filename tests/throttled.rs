@@ -324,3 +324,28 @@ fn leased<F: Fn() -> u32>(work: F) -> (ManualClock, Arc<Throttled<F, ManualClock
         .unwrap();
     (clock, Arc::new(Throttled::from_throttle(throttle, work)))
 }
+
+/// A waiter coalesced into a claim is covered by that claim's run, not by the run before it,
+/// whose stamp the claim still carries.
+#[test]
+fn a_covered_waiter_gets_the_run_after_its_call_not_the_one_before() {
+    let clock = ManualClock::with_auto_advance(false);
+    let count = AtomicU32::new(0);
+    let job = Throttled::with_clock(T, clock.clone(), || count.fetch_add(1, Relaxed) + 1).unwrap();
+    assert_eq!(job.call_covered(), Outcome::Now(1));
+    std::thread::scope(|s| {
+        let owner = s.spawn(|| job.call_covered());
+        wait_for(
+            || job.throttle().is_pending(),
+            "the owner to claim the deferral",
+        );
+        let waiter = s.spawn(|| job.call_covered());
+        wait_for(
+            || job.waiting() == 1 || waiter.is_finished(),
+            "the waiter to wait",
+        );
+        clock.advance(T);
+        assert_eq!(owner.join().unwrap(), Outcome::Deferred(2));
+        assert_eq!(waiter.join().unwrap(), Outcome::Covered(2));
+    });
+}
