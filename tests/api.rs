@@ -272,6 +272,9 @@ fn detached_accessors_and_debug() {
         .unwrap();
     assert_eq!(job.call(), Dispatch::Leading);
     assert!(job.last_run().is_some());
+    assert!(!job.is_pending());
+    assert_eq!(job.call(), Dispatch::Deferred);
+    assert!(job.is_pending(), "a minute to go");
     assert_eq!(job.threshold(), Duration::from_secs(60));
     assert_eq!(job.stats(), None);
     assert_eq!(job.take_skipped(), 0);

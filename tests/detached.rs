@@ -165,8 +165,12 @@ fn a_panicking_work_is_reported_and_the_throttle_keeps_working() {
         })
         .unwrap();
     assert_eq!(job.call(), Dispatch::Leading); // panics on the timer thread
-    wait_for(|| job.panics() == 1, "the work's panic to be reported");
+    wait_for(
+        || reported.lock().unwrap().len() == 1,
+        "the work's panic to be reported",
+    );
     assert_eq!(reported.lock().unwrap().as_slice(), [Some("work failed")]);
+    assert_eq!(job.panics(), 1, "counted before it was reported");
     assert_eq!(job.call(), Dispatch::Deferred);
     drop(job); // runs the pending call at its deadline, on the same timer thread
     assert_eq!(
