@@ -1327,3 +1327,17 @@ fn a_keyed_throttle_reports_its_mode_and_hands_over_its_skipped_count() {
     assert!(leading.admit(&1).is_suppressed());
     assert_eq!(leading.take_skipped(), 0, "not counting");
 }
+
+#[test]
+fn a_new_key_takes_an_entry_that_never_had_a_key_before_an_idle_one() {
+    let (table, clock) = table(8);
+    assert!(table.admit(&1).is_now());
+    clock.advance(T * 2); // key 1's entry is idle
+    assert!(table.admit(&2).is_now());
+    assert_eq!(
+        table.last_run(&1),
+        Some(0),
+        "key 2 took key 1's idle entry while others had never had a key"
+    );
+    assert_eq!(table.live_entries(), 1);
+}

@@ -152,6 +152,29 @@ pub(crate) fn is_idle(word: u64, now: u64, threshold: u64) -> bool {
     !is_reserved(word) && !state::is_pending(word) && state::window_passed(word, now, threshold)
 }
 
+/// The position of entry `way` of the candidates' bucket `half` among the candidates, as
+/// [`Candidates::slots`](super::hash::Candidates::slots) counts them.
+// Only for the mark `excluded`, which an insert makes only when it finds another thread's
+// insert unfinished: no test without a race can tell a mutant here (see the mutants
+// configuration; loom model k3 and its control cover the race).
+#[cfg_attr(mutants, mutants::skip)]
+const fn position(half: usize, way: usize) -> usize {
+    half * WAYS + way
+}
+
+/// Whether the candidate at `position` is marked in `excluded` (see [`position`]).
+#[cfg_attr(mutants, mutants::skip)]
+const fn is_excluded(excluded: u32, position: usize) -> bool {
+    excluded & (1 << position) != 0
+}
+
+/// Whether an idle entry last held by `holder` is a better choice for a new key than one last
+/// held by `chosen_holder`: an entry that never held a key goes first.
+#[inline(always)]
+const fn never_held_first(chosen_holder: u64, holder: u64) -> bool {
+    chosen_holder != NO_KEY && holder == NO_KEY
+}
+
 /// The broken variant of [`Table::holds`], for the negative control of loom model k1: the
 /// entry is taken for the key's without reading its key word. Never run by the tests that
 /// cargo-mutants runs, so not mutated.
@@ -419,8 +442,7 @@ impl Table {
         let distinct = if buckets[0] == buckets[1] { 1 } else { 2 };
         for (half, &bucket) in buckets[..distinct].iter().enumerate() {
             for (way, entry) in self.buckets[bucket].slots.iter().enumerate() {
-                // The entry's position among the candidates, as `Candidates::slots` counts.
-                let position = half * WAYS + way;
+                let position = position(half, way);
                 // State first, then key: the key word changes only while the state is
                 // reserved, so a key read after an unreserved state is that state's key, or a
                 // later one (and then the state has moved, and a CAS from it fails).
@@ -432,13 +454,13 @@ impl Table {
                 if holder == key && !is_reserved(word) {
                     return Inserted::Retry; // it has an entry: look it up
                 }
-                if *excluded & (1 << position) != 0 || !is_idle(word, now, threshold) {
+                if is_excluded(*excluded, position) || !is_idle(word, now, threshold) {
                     continue;
                 }
                 idle_entries[half] += 1;
                 let better = match choice[half] {
                     None => true,
-                    Some((_, _, chosen_holder, _)) => chosen_holder != NO_KEY && holder == NO_KEY,
+                    Some((_, _, chosen_holder, _)) => never_held_first(chosen_holder, holder),
                 };
                 if better {
                     choice[half] = Some((bucket * WAYS + way, word, holder, position));
