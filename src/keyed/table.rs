@@ -162,10 +162,23 @@ const fn position(half: usize, way: usize) -> usize {
     half * WAYS + way
 }
 
+/// The mark of the candidate at `position` (see [`position`]).
+#[cfg_attr(mutants, mutants::skip)]
+const fn mark(position: usize) -> u32 {
+    1 << position
+}
+
 /// Whether the candidate at `position` is marked in `excluded` (see [`position`]).
 #[cfg_attr(mutants, mutants::skip)]
 const fn is_excluded(excluded: u32, position: usize) -> bool {
-    excluded & (1 << position) != 0
+    excluded & mark(position) != 0
+}
+
+/// Whether the class word `class_word` names an unfinished insert of the entry `slot`: only
+/// while another thread's insert is under way, a race (see [`position`]).
+#[cfg_attr(mutants, mutants::skip)]
+const fn names_unfinished(class_word: u64, slot: usize) -> bool {
+    is_active(class_word) && slot_of(class_word) == slot
 }
 
 /// Whether an idle entry last held by `holder` is a better choice for a new key than one last
@@ -483,9 +496,9 @@ impl Table {
             // after the entry's state, before the reservation (pairs with that insert's
             // publishing CAS).
             let named = self.classes[holder_class].insert.load(Ordering::SeqCst);
-            if is_active(named) && slot_of(named) == slot {
+            if names_unfinished(named, slot) {
                 self.finish(holder_class, named);
-                *excluded |= 1 << position;
+                *excluded |= mark(position);
                 return Inserted::Retry;
             }
             let horizon = &self.classes[holder_class].horizon;
