@@ -1,28 +1,19 @@
 //! The manual clock in every wait the crate offers: it advances for its waiters, to the
 //! earliest registered deadline and never past it, or only when the test moves it.
 
+#[path = "support/free_on_failure.rs"]
+mod free_on_failure;
 #[path = "support/wait_for.rs"]
 mod wait_for;
 
 use atomic_throttle::{Admission, Clock, ManualClock, Revoked, Throttle, Wait, Waiter};
+use free_on_failure::FreeOnFailure;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use wait_for::wait_for;
-
-/// Moves the clock a year on if the test fails while an owner waits on it, so that the owner
-/// returns and the failure is reported, instead of the scope that joins the owner hanging.
-struct FreeOnFailure<'a>(&'a ManualClock);
-
-impl Drop for FreeOnFailure<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.advance(Duration::from_secs(365 * 24 * 3600));
-        }
-    }
-}
 
 /// Joins `owner` once it has finished, failing after a while with `what` rather than hanging.
 fn join_within<T>(owner: std::thread::ScopedJoinHandle<'_, T>, what: &str) -> T {

@@ -1,9 +1,12 @@
 //! The Neutron-style wrapper.
 
+#[path = "support/free_on_failure.rs"]
+mod free_on_failure;
 #[path = "support/wait_for.rs"]
 mod wait_for;
 
 use atomic_throttle::{Admission, ManualClock, Outcome, Revoked, Throttle, Throttled};
+use free_on_failure::FreeOnFailure;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +69,7 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
     let coalesced = || job.throttle().stats().unwrap().coalesced;
     assert_eq!(job.call_covered(), Outcome::Now(1));
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| job.call_covered());
         wait_for(
             || job.throttle().is_pending(),
@@ -334,6 +338,7 @@ fn a_covered_waiter_gets_the_run_after_its_call_not_the_one_before() {
     let job = Throttled::with_clock(T, clock.clone(), || count.fetch_add(1, Relaxed) + 1).unwrap();
     assert_eq!(job.call_covered(), Outcome::Now(1));
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| job.call_covered());
         wait_for(
             || job.throttle().is_pending(),
@@ -348,4 +353,5 @@ fn a_covered_waiter_gets_the_run_after_its_call_not_the_one_before() {
         assert_eq!(owner.join().unwrap(), Outcome::Deferred(2));
         assert_eq!(waiter.join().unwrap(), Outcome::Covered(2));
     });
+    assert_eq!(job.waiting(), 0);
 }
