@@ -162,6 +162,20 @@ const fn position(half: usize, way: usize) -> usize {
     half * WAYS + way
 }
 
+/// Raises a class's horizon to just past the stamp of `word`, the idle word of an entry of the
+/// class that is being taken from its key.
+#[inline]
+fn raise_horizon(horizon: &AtomicU64, word: u64) {
+    // Acquire: spares the write below when the horizon is already there, and then orders this
+    // takeover after the `fetch_max` that put it there, so whoever sees the key gone sees it
+    // too (pairs with that `fetch_max`).
+    if state::is_stamped(word) && horizon.load(Ordering::Acquire) < horizon_of(word) {
+        // SeqCst, before the reservation: whoever sees the key gone sees the horizon too
+        // (pairs with the load in `first_word`).
+        horizon.fetch_max(horizon_of(word), Ordering::SeqCst);
+    }
+}
+
 /// The mark of the candidate at `position` (see [`position`]).
 #[cfg_attr(mutants, mutants::skip)]
 const fn mark(position: usize) -> u32 {
@@ -501,15 +515,7 @@ impl Table {
                 *excluded |= mark(position);
                 return Inserted::Retry;
             }
-            let horizon = &self.classes[holder_class].horizon;
-            // Acquire: spares the write below when the horizon is already there, and then
-            // orders this takeover after the `fetch_max` that put it there, so whoever sees
-            // the key gone sees it too (pairs with that `fetch_max`).
-            if state::is_stamped(word) && horizon.load(Ordering::Acquire) < horizon_of(word) {
-                // SeqCst, before the reservation: whoever sees the key gone sees the horizon
-                // too (pairs with the load in `first_word`).
-                horizon.fetch_max(horizon_of(word), Ordering::SeqCst);
-            }
+            raise_horizon(&self.classes[holder_class].horizon, word);
         }
         // 1. Reserve, from exactly the idle word: an admission of the holder that got there
         // first makes this fail. SeqCst: pairs with the holder's admissions (AcqRel CASes,
