@@ -275,6 +275,24 @@ fn detached_accessors_and_debug() {
     assert!(!job.is_pending());
     assert_eq!(job.call(), Dispatch::Deferred);
     assert!(job.is_pending(), "a minute to go");
+    let counting = Detached::builder(
+        Throttle::builder(Duration::from_secs(60))
+            .counting(true)
+            .build()
+            .unwrap(),
+    )
+    .leading_run(LeadingRun::Inline)
+    .on_shutdown(Shutdown::CancelPending)
+    .spawn(|| ())
+    .unwrap();
+    assert_eq!(counting.call(), Dispatch::Leading);
+    assert_eq!(counting.call(), Dispatch::Deferred);
+    assert_eq!(counting.call(), Dispatch::Coalesced);
+    assert_eq!(counting.call(), Dispatch::Coalesced);
+    let stats = counting.stats().unwrap();
+    assert_eq!((stats.leading, stats.coalesced), (1, 2), "{stats:?}");
+    assert_eq!(counting.take_skipped(), 2);
+    assert_eq!(counting.take_skipped(), 0);
     assert_eq!(job.threshold(), Duration::from_secs(60));
     assert_eq!(job.stats(), None);
     assert_eq!(job.take_skipped(), 0);
