@@ -311,6 +311,8 @@ fn detached_accessors_and_debug() {
 
 #[test]
 fn clocks_report_what_they_are() {
+    assert!(ManualClock::new().auto_advances());
+    assert!(!ManualClock::with_auto_advance(false).auto_advances());
     let default = DefaultClock::new();
     assert_eq!(default.spin(), DefaultClock::DEFAULT_SPIN);
     let quick = default.with_spin(Duration::from_micros(3));
