@@ -313,6 +313,9 @@ fn detached_accessors_and_debug() {
 fn clocks_report_what_they_are() {
     assert!(ManualClock::new().auto_advances());
     assert!(!ManualClock::with_auto_advance(false).auto_advances());
+    let far = ManualClock::new();
+    far.advance(Duration::MAX);
+    assert_eq!(far.now_nanos(), u64::MAX, "saturates, not truncates");
     let default = DefaultClock::new();
     assert_eq!(default.spin(), DefaultClock::DEFAULT_SPIN);
     let quick = default.with_spin(Duration::from_micros(3));
