@@ -285,10 +285,11 @@ impl<C: Clock> Word<'_, C> {
             Look::Done(Ok(()))
         } else {
             let deadline = state::deadline(word, threshold);
-            // A window not passed at `now` ends after it: a wait for a deadline already
-            // reached would never end, so a bug here fails instead.
+            // A window not passed at `now` ends after it, or never (`u64::MAX`, past the end
+            // of the stamp's range): a wait for a deadline already reached would never end, so
+            // a bug here fails instead.
             debug_assert!(
-                deadline > now,
+                deadline > now || deadline == u64::MAX,
                 "the window ends at {deadline} ns, now {now} ns"
             );
             Look::Until(deadline)
@@ -311,7 +312,7 @@ impl<C: Clock> Word<'_, C> {
                 let deadline = state::deadline(word, threshold);
                 // As in `look`.
                 debug_assert!(
-                    deadline > now,
+                    deadline > now || deadline == u64::MAX,
                     "the window ends at {deadline} ns, now {now} ns"
                 );
                 return Look::Until(deadline);
