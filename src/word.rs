@@ -152,6 +152,21 @@ impl<C: Clock> Core<C> {
     }
 }
 
+/// The deadline of the deferral of `word`, whose window had not passed at `now`: later than
+/// `now`, or never (`u64::MAX`, past the end of the stamp's range). A wait for a deadline
+/// already reached would never end, so in debug builds a bug here fails instead. (A macro, so
+/// that mutation testing does not mutate the check itself.)
+macro_rules! deadline_ahead {
+    ($word:expr, $now:expr, $threshold:expr) => {{
+        let (deadline, now) = (state::deadline($word, $threshold), $now);
+        debug_assert!(
+            deadline > now || deadline == u64::MAX,
+            "the window ends at {deadline} ns, now {now} ns"
+        );
+        deadline
+    }};
+}
+
 /// One state word, seen through the core that rules it, with the slot where its waiting owner
 /// leaves its waker (a word without one wakes its owner only when the owner's own wait ends:
 /// at its deadline, or when its clock moves).
@@ -284,15 +299,7 @@ impl<C: Clock> Word<'_, C> {
         if state::is_flushed(seen) || state::window_passed(word, now, threshold) {
             Look::Done(Ok(()))
         } else {
-            let deadline = state::deadline(word, threshold);
-            // A window not passed at `now` ends after it, or never (`u64::MAX`, past the end
-            // of the stamp's range): a wait for a deadline already reached would never end, so
-            // a bug here fails instead.
-            debug_assert!(
-                deadline > now || deadline == u64::MAX,
-                "the window ends at {deadline} ns, now {now} ns"
-            );
-            Look::Until(deadline)
+            Look::Until(deadline_ahead!(word, now, threshold))
         }
     }
 
@@ -309,13 +316,7 @@ impl<C: Clock> Word<'_, C> {
             let now = self.core.clock.now_nanos();
             let threshold = self.core.threshold_nanos();
             if !state::is_flushed(seen) && !state::window_passed(word, now, threshold) {
-                let deadline = state::deadline(word, threshold);
-                // As in `look`.
-                debug_assert!(
-                    deadline > now || deadline == u64::MAX,
-                    "the window ends at {deadline} ns, now {now} ns"
-                );
-                return Look::Until(deadline);
+                return Look::Until(deadline_ahead!(word, now, threshold));
             }
             let next = state::stamped(word, now);
             if sync::is_mutant(sync::mutant!(SplitStamp)) {
