@@ -312,8 +312,9 @@ impl<F, C: Clock> Throttled<F, C> {
     /// `Revoked(Cancelled)`. So where calls go through `throttle()` as well as the wrapper,
     /// a waiter may also end `Coalesced` as a covering run of the wrapper's starts, before it
     /// finishes. On a throttle with a [lease](crate::ThrottleBuilder::lease), a waiter whose
-    /// owner outside the wrapper let the lease run out calls again, and so takes the run over
-    /// itself (its call is counted again).
+    /// owner outside the wrapper let the lease run out takes the run over itself, as a call
+    /// would (answered `Now`, and counted as a takeover), unless another caller took it over
+    /// first: that caller's run then covers it (`Coalesced`).
     ///
     /// Callers that do not wait pay nothing for this: their Coalesced answer is still one
     /// load.
@@ -344,37 +345,33 @@ impl<F, C: Clock> Throttled<F, C> {
         R: Clone + Send + 'static,
     {
         self.completions.keep_results(covered::clone_as::<R>);
-        loop {
-            let (admission, seen) = self.throttle.admit_seen(self.publishing);
-            return match admission {
-                Admission::Now => {
-                    let owed = Owed::leading(&self.completions, self.last_stamp());
-                    let result = (self.work)();
-                    owed.finish(&result);
-                    Outcome::Now(result)
-                }
-                Admission::Deferred(deferral) => {
-                    let mut owed = Owed::new(&self.completions, Some(deferral.word()));
-                    let ran = deferral.run(|| {
-                        owed.started(self.last_stamp());
-                        (self.work)()
-                    });
-                    match ran {
-                        Ok(result) => {
-                            owed.finish(&result);
-                            Outcome::Deferred(result)
-                        }
-                        Err(revoked) => Outcome::Revoked(revoked),
+        let run_now = || {
+            let owed = Owed::leading(&self.completions, self.last_stamp());
+            let result = (self.work)();
+            owed.finish(&result);
+            Outcome::Now(result)
+        };
+        let (admission, seen) = self.throttle.admit_seen(self.publishing);
+        match admission {
+            Admission::Now => run_now(),
+            Admission::Deferred(deferral) => {
+                let mut owed = Owed::new(&self.completions, Some(deferral.word()));
+                let ran = deferral.run(|| {
+                    owed.started(self.last_stamp());
+                    (self.work)()
+                });
+                match ran {
+                    Ok(result) => {
+                        owed.finish(&result);
+                        Outcome::Deferred(result)
                     }
+                    Err(revoked) => Outcome::Revoked(revoked),
                 }
-                Admission::Coalesced => match self.wait_for_cover(seen) {
-                    Some(outcome) => outcome,
-                    // Its owner, outside the wrapper, let its lease run out: call again, and
-                    // take the run over.
-                    None => continue,
-                },
-                Admission::Suppressed { .. } => Outcome::Suppressed,
-            };
+            }
+            // `None`: its owner, outside the wrapper, let its lease run out, and this caller
+            // took the run over.
+            Admission::Coalesced => self.wait_for_cover(seen).unwrap_or_else(run_now),
+            Admission::Suppressed { .. } => Outcome::Suppressed,
         }
     }
 
@@ -395,7 +392,7 @@ impl<F, C: Clock> Throttled<F, C> {
 
     /// Blocks until the run that covers a caller Coalesced on `seen` has finished.
     /// `None` if the deferral's owner is outside the wrapper and its lease has run out: the
-    /// caller calls again, which takes the run over.
+    /// caller has taken the run over, and runs it now.
     fn wait_for_cover<R: Clone + 'static>(&self, seen: u64) -> Option<Outcome<R>> {
         let waker = wait::thread_waker();
         let id = crate::clock::Waiter::new(&waker).id();
@@ -408,7 +405,14 @@ impl<F, C: Clock> Throttled<F, C> {
                 Seen::Covered(None) => break Some(Outcome::Coalesced),
                 Seen::Uncovered => break Some(Outcome::Revoked(Revoked::Cancelled)),
                 Seen::Waiting => crate::sync::park(),
-                Seen::Watching if self.lease_ran_out(now) => break None,
+                Seen::Watching if self.lease_ran_out(now) => {
+                    // Only the claim it looked at, and only if no one changed the word since:
+                    // a caller that took it over first has a run that covers this one, which
+                    // the next look sees.
+                    if self.throttle.take_over(now) {
+                        break None;
+                    }
+                }
                 Seen::Watching => {
                     crate::sync::park_timeout(watch);
                     // Looking less often the longer it takes: many waiters cost little.

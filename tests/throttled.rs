@@ -315,6 +315,91 @@ fn a_waiter_takes_over_a_leaked_outside_deferral_once_its_lease_runs_out() {
     assert!(!job.throttle().is_pending());
 }
 
+/// A waiter that finds its outside owner's lease run out takes the run over only if the claim
+/// is still there: when another caller took it over first (between the waiter's look at the
+/// state and its reading of the clock), that caller's run covers the waiter, which must not
+/// claim a second deferral of its own (on this clock, one that would never become due).
+#[test]
+fn a_waiter_does_not_take_over_a_claim_someone_else_took_over_first() {
+    let clock = ManualClock::with_auto_advance(false);
+    let hooked = HookedClock {
+        clock: clock.clone(),
+        hook: Arc::default(),
+    };
+    let throttle = Throttle::builder(T)
+        .clock(hooked.clone())
+        .lease(LEASE)
+        .build()
+        .unwrap();
+    let job = Arc::new(Throttled::from_throttle(throttle, || 7));
+    assert_eq!(job.call(), Outcome::Now(7));
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    std::mem::forget(owner); // outside the wrapper, and never coming back
+    let _free = FreeOnFailure(&clock);
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.waiting() >= 1, "the waiter waits");
+    // The waiter's next reading of the clock comes after it has looked at the state: the
+    // lease runs out, and another caller takes the claim over, in between.
+    let took_over = Arc::new(AtomicU32::new(0));
+    *hooked.hook.lock().unwrap() = Some(Box::new({
+        let (clock, job, took_over) = (clock.clone(), job.clone(), took_over.clone());
+        move || {
+            clock.advance(T + LEASE);
+            if job.throttle().admit().is_now() {
+                took_over.store(1, Relaxed);
+            }
+        }
+    }));
+    wait_for(
+        || waiter.is_finished(),
+        "the waiter to see the takeover's run",
+    );
+    assert_eq!(took_over.load(Relaxed), 1, "the other caller took over");
+    assert_eq!(waiter.join().unwrap(), Outcome::Coalesced);
+    assert!(
+        !job.throttle().is_pending(),
+        "the waiter claimed a deferral of its own"
+    );
+}
+
+/// A manual clock that runs a hook, once, at the first reading after it is set.
+#[derive(Clone)]
+struct HookedClock {
+    clock: ManualClock,
+    #[allow(clippy::type_complexity)]
+    hook: Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+}
+
+impl atomic_throttle::Clock for HookedClock {
+    fn now_nanos(&self) -> u64 {
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.clock.now_nanos()
+    }
+
+    fn wait_for(
+        &self,
+        waiter: atomic_throttle::Waiter<'_>,
+        deadline: u64,
+    ) -> atomic_throttle::Wait {
+        self.clock.wait_for(waiter, deadline)
+    }
+
+    fn done_waiting(&self, waiter: atomic_throttle::Waiter<'_>) {
+        self.clock.done_waiting(waiter);
+    }
+
+    fn sleep(&self, duration: Duration) {
+        self.clock.sleep(duration);
+    }
+}
+
 /// How long an abandoned deferral keeps its claim past its deadline, in the leased tests.
 const LEASE: Duration = Duration::from_millis(5);
 
