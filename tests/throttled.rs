@@ -290,16 +290,10 @@ fn a_waiter_behind_an_owner_outside_the_wrapper_is_never_left_blocked() {
     let outcome = waiter_until(&job, || assert!(job.throttle().cancel()));
     assert_eq!(outcome, Outcome::Revoked(Revoked::Cancelled));
     drop(owner);
-    // Leaked, and taken over once its lease has passed by a call outside the wrapper: the
-    // takeover's run covers the waiter.
-    let owner = job.throttle().admit();
-    assert!(owner.is_deferred());
-    std::mem::forget(owner);
-    let outcome = waiter_until(&job, || {
-        clock.advance(T + LEASE);
-        assert!(job.throttle().admit().is_now(), "the takeover");
-    });
-    assert_eq!(outcome, Outcome::Coalesced);
+    // Leaked, and taken over by a call outside the wrapper once its lease has passed: see
+    // `a_waiter_does_not_take_over_a_claim_someone_else_took_over_first`, which orders the
+    // takeover against the waiter's own look at the lease (here the waiter could take the run
+    // over itself first, as it may).
 }
 
 #[test]
