@@ -803,3 +803,72 @@ fn every_concurrent_shutdown_waits_for_the_pending_run() {
         first.join().unwrap();
     }
 }
+
+/// Leading runs handed over while the serving thread is busy with an earlier work still start
+/// a threshold apart, on the work's own readings: the second waits a threshold after the
+/// first's start, though both were admitted (their stamps a threshold apart) before either
+/// ran. On its own timer thread and on a shared timer.
+#[test]
+fn leading_runs_queued_behind_a_busy_work_start_a_threshold_apart() {
+    const T: Duration = Duration::from_millis(10);
+    for shared in [false, true] {
+        // Moves to the deadline a thread waits for: the spacing wait is all that moves it.
+        let clock = ManualClock::new();
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let (permit_sender, permits) = std::sync::mpsc::channel::<()>();
+        let permits = Mutex::new(permits);
+        let work = {
+            let (clock, starts) = (clock.clone(), starts.clone());
+            move || {
+                starts.lock().unwrap().push(clock.now());
+                // Keeps the serving thread busy until the test lets this work end.
+                let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
+            }
+        };
+        let builder = Detached::builder(Throttle::builder(T).clock(clock.clone()).build().unwrap())
+            .leading_run(LeadingRun::OnTimer);
+        let timer;
+        let job = if shared {
+            timer = SharedTimer::builder().clock(clock.clone()).spawn().unwrap();
+            builder.timer(&timer).spawn(work).unwrap()
+        } else {
+            builder.spawn(work).unwrap()
+        };
+        // Dropped before the job, if the test fails: the work then ends at once.
+        let permit = permit_sender;
+        let started = |n: usize| {
+            wait_for(
+                || starts.lock().unwrap().len() >= n,
+                &format!("shared timer: {shared}: run {n} to start"),
+            );
+            // The window starts when the work does (the clock stands still while it runs).
+            let start = starts.lock().unwrap()[n - 1];
+            assert_eq!(
+                job.last_run(),
+                Some(start.as_nanos() as u64),
+                "shared timer: {shared}: run {n}'s stamp"
+            );
+        };
+        assert_eq!(job.call(), Dispatch::Leading);
+        started(1);
+        // Two more leading runs, each a threshold after the last stamp, while the first work
+        // still runs.
+        clock.advance(T);
+        assert_eq!(job.call(), Dispatch::Leading);
+        clock.advance(T);
+        assert_eq!(job.call(), Dispatch::Leading);
+        permit.send(()).unwrap();
+        started(2);
+        permit.send(()).unwrap();
+        started(3);
+        permit.send(()).unwrap();
+        let starts = starts.lock().unwrap().clone();
+        for pair in starts.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= T,
+                "shared timer: {shared}: runs started at {starts:?}, closer than {T:?}"
+            );
+        }
+        job.shutdown();
+    }
+}
