@@ -872,3 +872,72 @@ fn leading_runs_queued_behind_a_busy_work_start_a_threshold_apart() {
         job.shutdown();
     }
 }
+
+/// A manual clock whose readings panic while `panicking` is set, on every thread but the one
+/// that made it; a clone without `panicking` never does.
+#[derive(Clone)]
+struct PanicsWhenRead {
+    clock: ManualClock,
+    panicking: Option<(Arc<AtomicBool>, std::thread::ThreadId)>,
+}
+
+impl Clock for PanicsWhenRead {
+    fn now_nanos(&self) -> u64 {
+        if let Some((panicking, spared)) = &self.panicking {
+            if panicking.load(Relaxed) && std::thread::current().id() != *spared {
+                expected("the clock failed");
+            }
+        }
+        self.clock.now_nanos()
+    }
+    fn wait_for(&self, waiter: Waiter<'_>, deadline: u64) -> Wait {
+        self.clock.wait_for(waiter, deadline)
+    }
+    fn done_waiting(&self, waiter: Waiter<'_>) {
+        self.clock.done_waiting(waiter)
+    }
+}
+
+/// On a shared timer, a job whose clock panics when the timer asks when its deferral is due
+/// gives the deferral up (reported like a panic in the work), rather than strand it; the timer
+/// goes on serving it once the clock is healthy.
+#[test]
+fn a_panicking_clock_on_a_shared_timer_gives_the_deferral_up() {
+    let clock = ManualClock::new();
+    let timer = SharedTimer::builder()
+        .clock(PanicsWhenRead {
+            clock: clock.clone(),
+            panicking: None,
+        })
+        .spawn()
+        .unwrap();
+    let panicking = Arc::new(AtomicBool::new(false));
+    let job_clock = PanicsWhenRead {
+        clock: clock.clone(),
+        panicking: Some((panicking.clone(), std::thread::current().id())),
+    };
+    let runs = Arc::new(AtomicU32::new(0));
+    let job =
+        Detached::builder(Throttle::with_clock(Duration::from_millis(10), job_clock).unwrap())
+            .leading_run(LeadingRun::Inline)
+            .on_panic(|_| {})
+            .timer(&timer)
+            .spawn({
+                let runs = runs.clone();
+                move || {
+                    runs.fetch_add(1, Relaxed);
+                }
+            })
+            .unwrap();
+    assert_eq!(job.call(), Dispatch::Leading);
+    panicking.store(true, Relaxed);
+    assert_eq!(job.call(), Dispatch::Deferred);
+    wait_for(|| job.panics() >= 1, "the clock's panic to be reported");
+    wait_for(|| !job.is_pending(), "the deferral to be given up");
+    assert_eq!(runs.load(Relaxed), 1);
+    // The timer lives on: with the clock healthy, the next deferral is run.
+    panicking.store(false, Relaxed);
+    assert_eq!(job.call(), Dispatch::Deferred);
+    wait_for(|| runs.load(Relaxed) == 2, "the next deferred run");
+    assert!(timer.is_running());
+}
