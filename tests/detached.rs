@@ -941,3 +941,68 @@ fn a_panicking_clock_on_a_shared_timer_gives_the_deferral_up() {
     wait_for(|| runs.load(Relaxed) == 2, "the next deferred run");
     assert!(timer.is_running());
 }
+
+/// Once a shutdown has been asked for, calls are answered `Closed` and nothing new runs, even
+/// while the timer thread is still busy with a work (so the job is not closed yet): a leading
+/// call is not run inline, and a deferred one is taken back, not handed to a thread that is
+/// stopping.
+#[test]
+fn calls_made_while_a_shutdown_waits_for_a_running_work_are_closed() {
+    type Job = Detached<Box<dyn Fn() + Send + Sync>, ManualClock>;
+    const T: Duration = Duration::from_millis(10);
+    for shared in [false, true] {
+        let clock = ManualClock::with_auto_advance(false);
+        let handle: Arc<std::sync::OnceLock<Weak<Job>>> = Arc::default();
+        let (stopping, stopped) = std::sync::mpsc::channel::<()>();
+        let (permit_sender, permits) = std::sync::mpsc::channel::<()>();
+        let (permits, stopping) = (Mutex::new(permits), Mutex::new(stopping));
+        let runs = Arc::new(AtomicU32::new(0));
+        let work: Box<dyn Fn() + Send + Sync> = Box::new({
+            let (handle, runs) = (handle.clone(), runs.clone());
+            move || {
+                if runs.fetch_add(1, Relaxed) == 1 {
+                    // The deferred run, on the serving thread: the shutdown is asked for from
+                    // here, and the work then keeps the thread busy until the test lets it go.
+                    if let Some(job) = handle.get().and_then(Weak::upgrade) {
+                        job.shutdown();
+                    }
+                    let _ = stopping.lock().unwrap().send(());
+                    let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
+                }
+            }
+        });
+        let builder = Detached::builder(Throttle::with_clock(T, clock.clone()).unwrap())
+            .leading_run(LeadingRun::Inline);
+        let timer;
+        let job = Arc::new(if shared {
+            timer = SharedTimer::builder().clock(clock.clone()).spawn().unwrap();
+            builder.timer(&timer).spawn(work).unwrap()
+        } else {
+            builder.spawn(work).unwrap()
+        });
+        handle.set(Arc::downgrade(&job)).unwrap();
+        let permit = permit_sender; // dropped before the job if the test fails: the work ends
+        assert_eq!(job.call(), Dispatch::Leading);
+        assert_eq!(job.call(), Dispatch::Deferred);
+        clock.advance(T);
+        stopped
+            .recv_timeout(wait_for::PATIENCE)
+            .expect("the deferred run to ask for the shutdown");
+        clock.advance(T); // a leading call's time
+        assert_eq!(
+            job.call(),
+            Dispatch::Closed,
+            "shared timer: {shared}: leading"
+        );
+        assert_eq!(
+            job.call(),
+            Dispatch::Closed,
+            "shared timer: {shared}: deferred"
+        );
+        assert!(!job.is_pending(), "shared timer: {shared}: a claim left");
+        assert_eq!(runs.load(Relaxed), 2, "shared timer: {shared}");
+        permit.send(()).unwrap();
+        wait_for(|| !job.is_running(), "the shutdown to end");
+        assert_eq!(runs.load(Relaxed), 2, "shared timer: {shared}");
+    }
+}
