@@ -88,11 +88,11 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
         );
         clock.advance(T);
         assert_eq!(owner.join().unwrap(), Outcome::Deferred(2));
-        let patience = std::time::Instant::now() + Duration::from_secs(30);
+        let patience = std::time::Instant::now() + wait_for::patience();
         while !waiters.iter().all(|w| w.is_finished()) {
             assert!(
                 std::time::Instant::now() < patience,
-                "after 30 s, a waiting caller was never woken by its covering run"
+                "out of patience: a waiting caller was never woken by its covering run"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -115,13 +115,14 @@ fn coalesced_callers_can_block_until_their_covering_run_and_get_its_result() {
     });
 }
 
-/// Blocks until every thread in `threads` has finished, failing after 30 s with `what`.
+/// Blocks until every thread in `threads` has finished, failing with `what` after the test's
+/// patience.
 fn wait_until_finished<T>(threads: &[std::thread::ScopedJoinHandle<'_, T>], what: &str) {
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    let patience = std::time::Instant::now() + wait_for::patience();
     while !threads.iter().all(|t| t.is_finished()) {
         assert!(
             std::time::Instant::now() < patience,
-            "after 30 s, still waiting for {what}"
+            "out of patience: still waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -4,6 +4,9 @@
 //! threshold apart (G1) and nothing is stranded (G2).
 #![cfg(feature = "tokio")]
 
+#[path = "support/wait_for.rs"]
+mod wait_for;
+
 use atomic_throttle::{
     Admission, AsyncThrottled, ManualClock, Mode, OnCancel, Outcome, Revoked, Throttle, Throttled,
     TokioClock,
@@ -220,11 +223,11 @@ async fn a_cancelled_owner_still_refreshes_at_the_deadline_on_the_real_clock() {
     until("the owner claimed the deferral", || refresh.is_pending()).await;
     assert_eq!(refresh.call().await, Outcome::Coalesced);
     assert!(owner.await.unwrap().is_err(), "the owner timed out");
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    let patience = std::time::Instant::now() + wait_for::patience();
     while starts.lock().unwrap().len() < 2 {
         assert!(
             std::time::Instant::now() < patience,
-            "after 30 s, still no refresh after the owner was cancelled"
+            "out of patience: still no refresh after the owner was cancelled"
         );
         sleep(Duration::from_millis(1)).await;
     }
@@ -500,11 +503,11 @@ async fn many_tasks_on_the_real_clock_keep_runs_apart() {
         task.await.unwrap();
     }
     // Handed-on runs finish on the blocking pool: wait for the last of them.
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    let patience = std::time::Instant::now() + wait_for::patience();
     while job.is_pending() {
         assert!(
             std::time::Instant::now() < patience,
-            "G2: after 30 s a deferral is still pending with every caller gone"
+            "G2: out of patience: a deferral is still pending with every caller gone"
         );
         sleep(Duration::from_millis(1)).await;
     }
@@ -519,16 +522,19 @@ async fn many_tasks_on_the_real_clock_keep_runs_apart() {
     }
 }
 
-/// Awaits `future` for at most 30 s of real time: a waiter that is never woken fails the
-/// test rather than hang it.
-async fn within_30_s<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
+/// Awaits `future` for at most the test's patience in real time: a waiter that is never woken
+/// fails the test rather than hang it.
+async fn within_patience<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    let patience = std::time::Instant::now() + wait_for::patience();
     let mut future = std::pin::pin!(future);
     loop {
         if let Ok(output) = timeout(Duration::from_millis(10), future.as_mut()).await {
             return output;
         }
-        assert!(std::time::Instant::now() < patience, "after 30 s, {what}");
+        assert!(
+            std::time::Instant::now() < patience,
+            "out of patience: {what}"
+        );
     }
 }
 
@@ -564,11 +570,11 @@ async fn a_blocked_waiter_is_covered_by_a_run_of_call_async_or_told_when_it_time
         if owner_times_out {
             let _ = give_up.send(()); // unless its run came first, on a slow machine
         }
-        let patience = std::time::Instant::now() + Duration::from_secs(30);
+        let patience = std::time::Instant::now() + wait_for::patience();
         while !waiter.is_finished() {
             assert!(
                 std::time::Instant::now() < patience,
-                "after 30 s, the blocked waiter was never woken"
+                "out of patience: the blocked waiter was never woken"
             );
             sleep(Duration::from_millis(1)).await;
         }
@@ -609,7 +615,7 @@ async fn a_waiter_is_woken_when_the_owner_is_dropped_or_panics_inside_the_work()
             let job = job.clone();
             async move { job.call_covered().await }
         });
-        let outcome = within_30_s("the waiter was never woken", waiter).await;
+        let outcome = within_patience("the waiter was never woken", waiter).await;
         // The covering run started, so the waiter was covered; it has no result to copy.
         assert_eq!(outcome.unwrap(), Outcome::Coalesced);
         let owner = owner.await;
@@ -649,22 +655,22 @@ fn a_handed_off_deferral_is_given_up_when_its_runtime_shuts_down() {
                 .block_on(async { job.call_covered().await })
         }
     });
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    let patience = std::time::Instant::now() + wait_for::patience();
     while job.waiting() < 1 {
         assert!(
             std::time::Instant::now() < patience,
-            "after 30 s, the waiter does not wait"
+            "out of patience: the waiter does not wait"
         );
         std::thread::yield_now();
     }
     // The runtime shuts down before the deadline, dropping the task that held the run.
     drop(runtime);
     assert!(!job.is_pending(), "G2: the handed-on deferral was stranded");
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    let patience = std::time::Instant::now() + wait_for::patience();
     while !waiter.is_finished() {
         assert!(
             std::time::Instant::now() < patience,
-            "after 30 s, the waiter was never told"
+            "out of patience: the waiter was never told"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -693,7 +699,7 @@ async fn a_waiter_is_woken_when_a_handed_off_run_panics() {
         let job = job.clone();
         async move { job.call_covered().await }
     });
-    let outcome = within_30_s("the waiter was never woken", waiter).await;
+    let outcome = within_patience("the waiter was never woken", waiter).await;
     assert_eq!(outcome.unwrap(), Outcome::Coalesced);
     assert_eq!(calls.load(Relaxed), 2);
     assert!(!job.is_pending());
@@ -798,14 +804,14 @@ async fn soon(what: &str, done: impl Fn() -> bool) {
     panic!("after 100 turns of the runtime, still not true: {what}");
 }
 
-/// Yields to the runtime until `done`, failing after 30 s of real time with `what` rather than
+/// Yields to the runtime until `done`, failing after the test's patience in real time with `what` rather than
 /// spin forever.
 async fn until(what: &str, done: impl Fn() -> bool) {
-    let patience = std::time::Instant::now() + Duration::from_secs(30);
+    let patience = std::time::Instant::now() + wait_for::patience();
     while !done() {
         assert!(
             std::time::Instant::now() < patience,
-            "after 30 s, still not true: {what}"
+            "out of patience: still not true: {what}"
         );
         tokio::task::yield_now().await;
     }
