@@ -1006,3 +1006,42 @@ fn calls_made_while_a_shutdown_waits_for_a_running_work_are_closed() {
         assert_eq!(runs.load(Relaxed), 2, "shared timer: {shared}");
     }
 }
+
+/// On a shared timer that already waits for a deferral's deadline, a flush, and a shorter
+/// threshold, reach the timer: the run comes at once, or at the new deadline.
+#[test]
+fn flush_and_a_shorter_threshold_wake_a_shared_timer_that_waits() {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let clock = ManualClock::with_auto_advance(false);
+    let timer = SharedTimer::builder().clock(clock.clone()).spawn().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = Detached::builder(Throttle::with_clock(HOUR, clock.clone()).unwrap())
+        .leading_run(LeadingRun::Inline)
+        .timer(&timer)
+        .spawn({
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Relaxed);
+            }
+        })
+        .unwrap();
+    assert_eq!(job.call(), Dispatch::Leading);
+    assert_eq!(job.call(), Dispatch::Deferred);
+    wait_for(
+        || clock.waiters() >= 1,
+        "the timer to wait for the deadline",
+    );
+    assert!(job.flush());
+    wait_for(|| runs.load(Relaxed) == 2, "the flushed run");
+    // The window counts from the flushed run.
+    assert_eq!(job.call(), Dispatch::Deferred);
+    wait_for(
+        || clock.waiters() >= 1,
+        "the timer to wait for the next deadline",
+    );
+    job.set_threshold(Duration::from_millis(10)).unwrap();
+    // Only the new deadline's reading: the timer must have filed the run for it.
+    clock.advance(Duration::from_millis(10));
+    wait_for(|| runs.load(Relaxed) == 3, "the run at the new deadline");
+    assert_eq!(clock.now(), Duration::from_millis(10));
+}
