@@ -1027,9 +1027,11 @@ fn flush_and_a_shorter_threshold_wake_a_shared_timer_that_waits() {
         .unwrap();
     assert_eq!(job.call(), Dispatch::Leading);
     assert_eq!(job.call(), Dispatch::Deferred);
+    // An idle timer waits on the clock for the deadline (it does not spin, nor look again and
+    // again): the manual clock counts it as a waiter.
     wait_for(
         || clock.waiters() >= 1,
-        "the timer to wait for the deadline",
+        "the timer to wait on the clock for the deadline",
     );
     assert!(job.flush());
     wait_for(|| runs.load(Relaxed) == 2, "the flushed run");
