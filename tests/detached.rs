@@ -1047,3 +1047,83 @@ fn flush_and_a_shorter_threshold_wake_a_shared_timer_that_waits() {
     wait_for(|| runs.load(Relaxed) == 3, "the run at the new deadline");
     assert_eq!(clock.now(), Duration::from_millis(10));
 }
+
+/// On a shared timer, a leading run that must wait for its spacing does not hold a worker
+/// while it waits: another throttle's run, due first, gets the only worker on time.
+#[test]
+fn a_run_waiting_for_its_spacing_leaves_the_worker_to_others() {
+    const T: Duration = Duration::from_millis(10);
+    let ms = Duration::from_millis;
+    let clock = ManualClock::with_auto_advance(false);
+    let timer = SharedTimer::builder()
+        .clock(clock.clone())
+        .workers(1)
+        .spawn()
+        .unwrap();
+    // Made first, so that it is dropped last: a test that fails with a worker held by `a`
+    // then shuts `a` down first, which frees the worker.
+    let b_runs = Arc::new(AtomicU32::new(0));
+    let b = Detached::builder(Throttle::with_clock(T, clock.clone()).unwrap())
+        .leading_run(LeadingRun::Inline)
+        .timer(&timer)
+        .spawn({
+            let runs = b_runs.clone();
+            move || {
+                runs.fetch_add(1, Relaxed);
+            }
+        })
+        .unwrap();
+    let a_starts = Arc::new(Mutex::new(Vec::new()));
+    let (permit_sender, permits) = std::sync::mpsc::channel::<()>();
+    let permits = Mutex::new(permits);
+    let a = Detached::builder(Throttle::with_clock(T, clock.clone()).unwrap())
+        .leading_run(LeadingRun::OnTimer)
+        .timer(&timer)
+        .spawn({
+            let (clock, starts) = (clock.clone(), a_starts.clone());
+            move || {
+                let first = {
+                    let mut starts = starts.lock().unwrap();
+                    starts.push(clock.now());
+                    starts.len() == 1
+                };
+                if first {
+                    // Holds the worker until the test lets it go.
+                    let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
+                }
+            }
+        })
+        .unwrap();
+    let permit = permit_sender; // dropped before the handles if the test fails
+    assert_eq!(a.call(), Dispatch::Leading);
+    wait_for(|| a_starts.lock().unwrap().len() == 1, "a's first run");
+    // Two more leading runs for a, queued behind its first work.
+    clock.advance(T);
+    assert_eq!(a.call(), Dispatch::Leading);
+    clock.advance(ms(5));
+    // b's deferral, due at 25 ms.
+    assert_eq!(b.call(), Dispatch::Leading);
+    assert_eq!(b.call(), Dispatch::Deferred);
+    clock.advance(ms(5));
+    assert_eq!(a.call(), Dispatch::Leading);
+    // At 20 ms: a's second run starts; its third is due a threshold later, at 30 ms.
+    permit.send(()).unwrap();
+    wait_for(|| a_starts.lock().unwrap().len() == 2, "a's second run");
+    clock.advance(ms(5));
+    wait_for(
+        || b_runs.load(Relaxed) == 2,
+        "b's deferred run, due at 25 ms",
+    );
+    assert_eq!(
+        a_starts.lock().unwrap().len(),
+        2,
+        "a's third run came early"
+    );
+    clock.advance(ms(5));
+    wait_for(|| a_starts.lock().unwrap().len() == 3, "a's third run");
+    assert_eq!(
+        *a_starts.lock().unwrap(),
+        [ms(0), ms(20), ms(30)],
+        "a's runs started at"
+    );
+}
