@@ -366,7 +366,9 @@ where
         core::future::poll_fn(|cx| {
             // Acquire: as in `Throttle::admit`.
             let now = self.shared.throttle.load(Ordering::Acquire);
-            match completions.look::<R>(seen, now, waiter.id, cx.waker()) {
+            // Not `lease_over`: every claim is the wrapper's, and the caller that takes an abandoned
+            // one over runs it as the wrapper's, which wakes the waiters.
+            match completions.look::<R>(seen, now, false, waiter.id, cx.waker()) {
                 Seen::Covered(Some(result)) => Poll::Ready(Outcome::Covered(result)),
                 // The covering run finished before results were kept (a race with the first
                 // waiter): nothing to copy, but covered all the same.

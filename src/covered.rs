@@ -30,8 +30,10 @@ struct Record {
     /// here when it ends, so waiters are woken. A run started outside the wrapper (through
     /// the throttle itself) does not, and waiters watch for it instead.
     active: usize,
-    /// The claims (deferrals' words) of the runs under way, once per run that holds one.
-    owned: Vec<u64>,
+    /// The claims (deferrals' words) of the runs under way, once per run that holds one, and
+    /// whether that run has started its work (a claim not started is no run yet, and, if its
+    /// owner never comes back, never will be).
+    owned: Vec<(u64, bool)>,
 }
 
 struct Finished {
@@ -71,7 +73,15 @@ impl Completions {
     pub(crate) fn own(&self, claim: Option<u64>) {
         let mut record = sync::lock(&self.inner);
         record.active += 1;
-        record.owned.extend(claim);
+        record.owned.extend(claim.map(|claim| (claim, false)));
+    }
+
+    /// The run of `claim` (see `own`) has started its work.
+    fn started(&self, claim: u64) {
+        let mut record = sync::lock(&self.inner);
+        if let Some(owned) = record.owned.iter_mut().find(|(known, _)| *known == claim) {
+            owned.1 = true;
+        }
     }
 
     /// Records a finished run, with a copy of its result if one is given and waiters asked for
@@ -120,12 +130,14 @@ impl Completions {
     }
 
     /// Looks for the run that covers a caller coalesced into the claim `seen` (the pending
-    /// word it saw); `now` is the state word as it is. Registers `waker` (as waiter `id`)
-    /// unless the answer is final.
+    /// word it saw); `now` is the state word as it is; `lease_over`: the claim has outlived
+    /// its deadline and the throttle's lease. Registers `waker` (as waiter `id`) unless the
+    /// answer is final.
     pub(crate) fn look<R: Clone + 'static>(
         &self,
         seen: u64,
         now: u64,
+        lease_over: bool,
         id: u64,
         waker: &Waker,
     ) -> Seen<R> {
@@ -147,10 +159,20 @@ impl Completions {
         if !state::is_pending(now) && state::stamp(now) == state::stamp(seen) {
             return Seen::Uncovered;
         }
-        let outside = !record.owned.contains(&seen);
+        // A run of the wrapper's that holds the claim tells the waiters how it ends. One that
+        // has not started its work by the end of the lease may never (its owner's future was
+        // leaked, or its thread is stuck): the waiters watch the state for the claim instead,
+        // as for an owner outside the wrapper, and may take it over.
+        let outside = match record.owned.iter().find(|(known, _)| *known == seen) {
+            Some(&(_, started)) => !started && lease_over,
+            None => true,
+        };
+        // Runs of the wrapper's that have started their work (leading runs hold no claim).
+        let unstarted = record.owned.iter().filter(|(_, started)| !started).count();
+        let running = record.active.saturating_sub(unstarted);
         // The window moved on after the call, and no run of the wrapper's is under way to
         // finish: a run started outside the wrapper covers it. It cannot be seen finishing.
-        if outside && record.active == 0 && state::stamp(now) > state::stamp(seen) {
+        if outside && running == 0 && state::stamp(now) > state::stamp(seen) {
             return Seen::Covered(None);
         }
         match record.waiters.iter_mut().find(|(known, _)| *known == id) {
@@ -217,6 +239,9 @@ impl<D: Deref<Target = Completions>> Owed<D> {
     /// The run was stamped `stamp` (nanoseconds) and its work is about to start.
     pub(crate) fn started(&mut self, stamp: u64) {
         self.stamp = Some(stamp);
+        if let Some(claim) = self.claim {
+            self.completions.started(claim);
+        }
     }
 
     /// The run finished with `result`: records it, with a copy for waiters that asked.
@@ -245,7 +270,8 @@ impl Record {
     /// Settles a run under way (see `Completions::own`).
     fn settle(&mut self, claim: Option<u64>) {
         self.active = self.active.saturating_sub(1);
-        if let Some(position) = claim.and_then(|claim| self.owned.iter().position(|c| *c == claim))
+        if let Some(position) =
+            claim.and_then(|claim| self.owned.iter().position(|(c, _)| *c == claim))
         {
             self.owned.swap_remove(position);
         }
@@ -276,7 +302,7 @@ mod tests {
         let after = state::STAMPED | 5;
         // Coalesced after the flush, it saw the claim with its FLUSH bit.
         let seen = claim | state::FLUSH;
-        let looked = completions.look::<u32>(seen, after, 1, Waker::noop());
+        let looked = completions.look::<u32>(seen, after, false, 1, Waker::noop());
         assert!(
             matches!(looked, Seen::Covered(_)),
             "the run of its own claim was taken for a cancel"
@@ -289,17 +315,56 @@ mod tests {
         let completions = Completions::default();
         let claim = state::PENDING | state::STAMPED | 5;
         // Still pending: nothing will wake it, so it watches.
-        let looked = completions.look::<u32>(claim, claim, 1, Waker::noop());
+        let looked = completions.look::<u32>(claim, claim, false, 1, Waker::noop());
         assert!(matches!(looked, Seen::Watching));
         // The owner's run started at 9 us: covered, with nothing to copy.
-        let looked = completions.look::<u32>(claim, state::STAMPED | 9, 1, Waker::noop());
+        let looked = completions.look::<u32>(claim, state::STAMPED | 9, false, 1, Waker::noop());
         assert!(matches!(looked, Seen::Covered(None)));
         // But while a run of the wrapper's is under way, it waits for that run to finish.
         let owed = Owed::leading(&completions, 9_000);
-        let looked = completions.look::<u32>(claim, state::STAMPED | 9, 1, Waker::noop());
+        let looked = completions.look::<u32>(claim, state::STAMPED | 9, false, 1, Waker::noop());
         assert!(matches!(looked, Seen::Watching));
         drop(owed);
-        let looked = completions.look::<u32>(claim, state::STAMPED | 9, 1, Waker::noop());
+        let looked = completions.look::<u32>(claim, state::STAMPED | 9, false, 1, Waker::noop());
         assert!(matches!(looked, Seen::Covered(None)));
+    }
+
+    #[test]
+    fn a_waiter_watches_an_owner_of_the_wrapper_that_has_not_started_by_the_end_of_its_lease() {
+        let completions = Completions::default();
+        let claim = state::PENDING | state::STAMPED | 5;
+        let mut owed = Owed::new(&completions, Some(claim));
+        // Within the lease, the owner tells the waiters.
+        let looked = completions.look::<u32>(claim, claim, false, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Waiting));
+        // Past it, and not started: it may never come back.
+        let looked = completions.look::<u32>(claim, claim, true, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Watching));
+        // Taken over by a caller outside the wrapper, whose run started at 9 us: covered,
+        // though the owner's run is still counted as under way.
+        let looked = completions.look::<u32>(claim, state::STAMPED | 9, true, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Covered(None)));
+        // Started (late, and nobody took it over): the waiters wait for its end.
+        owed.started(6_000);
+        let looked = completions.look::<u32>(claim, state::STAMPED | 6, true, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Waiting));
+        drop(owed);
+        let looked = completions.look::<u32>(claim, state::STAMPED | 6, true, 1, Waker::noop());
+        assert!(matches!(looked, Seen::Covered(None)));
+    }
+
+    #[test]
+    fn a_claim_of_the_wrapper_not_started_is_no_run_under_way() {
+        let completions = Completions::default();
+        let outside = state::PENDING | state::STAMPED | 5;
+        // The outside claim ran at 9 us; the wrapper claimed the next deferral, not yet run.
+        let next = state::PENDING | state::STAMPED | 9;
+        let owed = Owed::new(&completions, Some(next));
+        let looked = completions.look::<u32>(outside, next, false, 1, Waker::noop());
+        assert!(
+            matches!(looked, Seen::Covered(None)),
+            "waited for a run that has not started"
+        );
+        drop(owed);
     }
 }

@@ -966,18 +966,6 @@ impl<C: Clock> Throttle<C> {
         }
     }
 
-    /// Takes the claim pending in `word` over, if the word still holds it and its lease has
-    /// run out: true if it did, and this caller now runs (as a takeover answered `Now`).
-    /// False if the word changed meanwhile (the claim ran, was given up, or another caller
-    /// took it over), or the lease has not run out after all.
-    pub(crate) fn take_over(&self, word: u64) -> bool {
-        matches!(
-            self.word()
-                .decide_and_install_while(word, &mut 0, |seen| seen == word),
-            Some(Answer::Now)
-        )
-    }
-
     /// Decides an admission that saw `word`, and wraps the answer for `handle`.
     #[inline]
     fn decide<T: ThrottleRef<Clock = C>>(

@@ -4,7 +4,6 @@ use crate::clock::{Clock, DefaultClock};
 use crate::covered::{self, Completions, Owed, Seen};
 use crate::deferral::Revoked;
 use crate::error::ThresholdError;
-use crate::state;
 use crate::sync::Ordering;
 use crate::throttle::{Admission, Throttle};
 use crate::wait;
@@ -313,8 +312,20 @@ impl<F, C: Clock> Throttled<F, C> {
     /// a waiter may also end `Coalesced` as a covering run of the wrapper's starts, before it
     /// finishes. On a throttle with a [lease](crate::ThrottleBuilder::lease), a waiter whose
     /// owner outside the wrapper let the lease run out takes the run over itself, as a call
-    /// would (answered `Now`, and counted as a takeover), unless another caller took it over
-    /// first: that caller's run then covers it (`Coalesced`).
+    /// would (answered `Now`), unless another caller took it over first: that caller's run
+    /// then covers it (`Coalesced`). The same holds behind an owner inside the wrapper that has
+    /// not started its run by the end of the lease (its `call_async` future was leaked, or
+    /// its thread is stuck): it may never come back, so there too waiters watch the state, on
+    /// such a throttle, rather than wait for a word from it. In [stats](Throttle::stats) and
+    /// [`take_skipped`](Throttle::take_skipped), a waiter that took the run over counts twice:
+    /// as the Coalesced answer it got first, and as the takeover.
+    ///
+    /// Waiters read the throttle's state and the record of finished runs, which has two
+    /// limits: a claim made at the stamp of a run just flushed (on a clock that has not moved
+    /// since) repeats that run's claim word, and a waiter coalesced into it may be told
+    /// `Covered` with the earlier run's result; and after 128 deferrals given up in one
+    /// window, the stamp moves on by a microsecond, which a waiter behind an owner outside the
+    /// wrapper takes for a run (`Coalesced`).
     ///
     /// Callers that do not wait pay nothing for this: their Coalesced answer is still one
     /// load.
@@ -396,24 +407,31 @@ impl<F, C: Clock> Throttled<F, C> {
     fn wait_for_cover<R: Clone + 'static>(&self, seen: u64) -> Option<Outcome<R>> {
         let waker = wait::thread_waker();
         let id = crate::clock::Waiter::new(&waker).id();
+        let word = self.throttle.word();
+        // On a throttle with a lease, an owner may never come back: the waiter looks again
+        // from time to time rather than wait for a wake-up that may not come.
+        let leased = self.throttle.lease().is_some();
         let mut watch = covered::WATCH_INTERVAL;
         let outcome = loop {
             // Acquire: as in `Throttle::admit`.
             let now = self.throttle.load(Ordering::Acquire);
-            match self.completions.look::<R>(seen, now, id, &waker) {
+            let lease_over = word.lease_over(seen);
+            match self
+                .completions
+                .look::<R>(seen, now, lease_over, id, &waker)
+            {
                 Seen::Covered(Some(result)) => break Some(Outcome::Covered(result)),
                 Seen::Covered(None) => break Some(Outcome::Coalesced),
                 Seen::Uncovered => break Some(Outcome::Revoked(Revoked::Cancelled)),
-                Seen::Waiting => crate::sync::park(),
-                Seen::Watching if self.lease_ran_out(now) => {
-                    // Only the claim it looked at, and only if no one changed the word since:
-                    // a caller that took it over first has a run that covers this one, which
-                    // the next look sees.
-                    if self.throttle.take_over(now) {
+                Seen::Waiting if !leased => crate::sync::park(),
+                looked => {
+                    // An owner it watches let the lease run out: the waiter takes the run over,
+                    // but only the claim it looked at, and only if no one changed the state
+                    // since; a caller that took it over first has a run that covers this one,
+                    // which a later look sees.
+                    if matches!(looked, Seen::Watching) && word.take_over(now) {
                         break None;
                     }
-                }
-                Seen::Watching => {
                     crate::sync::park_timeout(watch);
                     // Looking less often the longer it takes: many waiters cost little.
                     watch = (watch * 2).min(covered::WATCH_INTERVAL_MAX);
@@ -422,17 +440,6 @@ impl<F, C: Clock> Throttled<F, C> {
         };
         self.completions.forget(id);
         outcome
-    }
-
-    /// Whether the deferral pending in `word` has outlived its deadline and the lease.
-    fn lease_ran_out(&self, word: u64) -> bool {
-        let Some(lease) = self.throttle.lease() else {
-            return false;
-        };
-        let threshold = crate::clock::nanos_saturating(self.throttle.threshold());
-        let end =
-            state::deadline(word, threshold).saturating_add(crate::clock::nanos_saturating(lease));
-        state::is_pending(word) && self.throttle.clock().now_nanos() >= end
     }
 }
 

@@ -286,6 +286,37 @@ impl<C: Clock> Word<'_, C> {
             .map(drop)
     }
 
+    /// Whether the deferral pending in `word` has outlived its deadline and the lease, now:
+    /// the test an admission makes before it takes the deferral over. Reads the clock only on
+    /// a throttle with a lease.
+    pub(crate) fn lease_over(&self, word: u64) -> bool {
+        let core = self.core;
+        core.lease != NO_LEASE
+            && state::is_pending(word)
+            && state::lease_expired(word, core.clock.now_nanos(), &core.rules())
+    }
+
+    /// Takes the deferral pending in `word` over, as an admission would once its lease has run
+    /// out, but only while the state still holds `word`: true if it did, and the caller now
+    /// runs (counted as a takeover). False, changing and counting nothing, if the lease has
+    /// not run out or the state changed (the claim ran, was given up, or another caller took
+    /// it over).
+    pub(crate) fn take_over(&self, word: u64) -> bool {
+        let core = self.core;
+        if core.lease == NO_LEASE || !state::is_pending(word) {
+            return false;
+        }
+        let now = core.clock.now_nanos();
+        if !state::lease_expired(word, now, &core.rules()) {
+            return false;
+        }
+        let taken = self.install(word, state::taken_over(word, now)).is_ok();
+        if taken {
+            core.count(|stats| &stats.takeovers);
+        }
+        taken
+    }
+
     /// Looks at the deferral whose owner installed `word` without changing anything: due (its
     /// deadline has passed, or it was flushed), not yet (until when), or revoked.
     pub(crate) fn look(&self, word: u64) -> Look<Result<(), Revoked>> {

@@ -7,7 +7,7 @@ mod wait_for;
 
 use atomic_throttle::{Admission, ManualClock, Outcome, Revoked, Throttle, Throttled};
 use free_on_failure::FreeOnFailure;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use wait_for::wait_for;
@@ -434,4 +434,171 @@ fn a_covered_waiter_gets_the_run_after_its_call_not_the_one_before() {
         assert_eq!(waiter.join().unwrap(), Outcome::Covered(2));
     });
     assert_eq!(job.waiting(), 0);
+}
+
+/// A counting wrapper of `work` on a throttle with a [`LEASE`], on `clock`.
+fn leased_counting<C: atomic_throttle::Clock, F: Fn() -> u32>(
+    clock: C,
+    work: F,
+) -> Arc<Throttled<F, C>> {
+    let throttle = Throttle::builder(T)
+        .clock(clock)
+        .lease(LEASE)
+        .counting(true)
+        .build()
+        .unwrap();
+    Arc::new(Throttled::from_throttle(throttle, work))
+}
+
+/// A waiter whose outside owner let the lease run out takes the run over once: its call is
+/// counted as the Coalesced answer it first got and as the takeover (documented), never as
+/// more, even on a clock that steps back between its look at the lease and its takeover.
+#[test]
+fn a_waiter_that_takes_over_is_counted_once_as_coalesced_and_once_as_a_takeover() {
+    let clock = ManualClock::with_auto_advance(false);
+    let step_back_at = Arc::new(AtomicU64::new(u64::MAX));
+    let stepping = StepsBackOnce {
+        clock: clock.clone(),
+        at: step_back_at.clone(),
+    };
+    let job = leased_counting(stepping, || 3);
+    assert_eq!(job.call(), Outcome::Now(3));
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    std::mem::forget(owner); // outside the wrapper, and never coming back
+    let _free = FreeOnFailure(&clock);
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.waiting() >= 1, "the waiter waits");
+    // The lease runs out, and the first reading that sees it steps the clock back 2 ms: the
+    // waiter's takeover finds it not run out after all, until the clock comes back.
+    let end = (T + LEASE).as_nanos() as u64;
+    step_back_at.store(end, Relaxed);
+    clock.advance(T + LEASE);
+    wait_for(
+        || step_back_at.load(Relaxed) == u64::MAX,
+        "the clock to step back",
+    );
+    std::thread::sleep(Duration::from_millis(20)); // the waiter looks again meanwhile
+    clock.advance(Duration::from_millis(2));
+    wait_for(|| waiter.is_finished(), "the waiter to take the run over");
+    assert_eq!(waiter.join().unwrap(), Outcome::Now(3));
+    let stats = job.throttle().stats().unwrap();
+    assert_eq!((stats.coalesced, stats.takeovers), (1, 1), "{stats:?}");
+}
+
+/// A manual clock that steps back 2 ms once, at the first reading at or past `at` (then set
+/// back to `u64::MAX`, never).
+#[derive(Clone)]
+struct StepsBackOnce {
+    clock: ManualClock,
+    at: Arc<AtomicU64>,
+}
+
+impl atomic_throttle::Clock for StepsBackOnce {
+    fn now_nanos(&self) -> u64 {
+        let now = self.clock.now_nanos();
+        let at = self.at.load(Relaxed);
+        if now >= at
+            && self
+                .at
+                .compare_exchange(at, u64::MAX, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.clock.rewind(Duration::from_millis(2));
+        }
+        now
+    }
+
+    fn wait_for(
+        &self,
+        waiter: atomic_throttle::Waiter<'_>,
+        deadline: u64,
+    ) -> atomic_throttle::Wait {
+        self.clock.wait_for(waiter, deadline)
+    }
+
+    fn done_waiting(&self, waiter: atomic_throttle::Waiter<'_>) {
+        self.clock.done_waiting(waiter);
+    }
+
+    fn sleep(&self, duration: Duration) {
+        self.clock.sleep(duration);
+    }
+}
+
+/// At the end of the clock's range time stops, and a leaked deferral is never taken over: a
+/// waiter behind it waits (parked, looking again now and then) until something settles the
+/// claim, rather than spin, counting a Coalesced call at every turn.
+#[test]
+fn a_waiter_at_the_end_of_the_clocks_range_waits_without_spinning() {
+    let clock = ManualClock::with_auto_advance(false);
+    let end = Duration::from_nanos(((1u64 << 54) - 1) * 1_000); // the last stamp, in ns
+    clock.advance(end - Duration::from_millis(12));
+    let job = leased_counting(clock.clone(), || 1);
+    assert_eq!(job.call(), Outcome::Now(1));
+    let owner = job.throttle().admit();
+    assert!(owner.is_deferred());
+    std::mem::forget(owner);
+    clock.advance(Duration::from_millis(30)); // past the deadline, the lease and the end
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.waiting() >= 1, "the waiter waits");
+    std::thread::sleep(Duration::from_millis(100));
+    let coalesced = job.throttle().stats().unwrap().coalesced;
+    assert!(job.throttle().cancel());
+    assert_eq!(waiter.join().unwrap(), Outcome::Revoked(Revoked::Cancelled));
+    assert_eq!(
+        coalesced, 1,
+        "the waiter's one call, counted again at every look"
+    );
+}
+
+/// A `call_async` owner inside the wrapper whose future is leaked never comes back: on a
+/// throttle with a lease, a waiter behind it is not left blocked. Once the lease has run out,
+/// a caller outside the wrapper takes the claim over, and its run covers the waiter.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_waiter_behind_a_leaked_async_owner_of_the_wrapper_is_not_left_blocked() {
+    use std::future::Future;
+    let clock = ManualClock::with_auto_advance(false);
+    let job = leased_counting(clock.clone(), || 9);
+    assert_eq!(job.call(), Outcome::Now(9));
+    let mut owner = Box::pin({
+        let job = job.clone();
+        async move { job.call_async().await }
+    });
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(owner.as_mut().poll(&mut context).is_pending());
+    assert!(
+        job.throttle().is_pending(),
+        "the async owner claimed the deferral"
+    );
+    std::mem::forget(owner); // never polled again, never dropped
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.waiting() >= 1, "the waiter waits");
+    clock.advance(T + LEASE);
+    if job.throttle().admit().is_now() {
+        // Taken over outside the wrapper: that run covers the waiter.
+        wait_for(
+            || waiter.is_finished(),
+            "the waiter to see the takeover's run",
+        );
+        assert_eq!(waiter.join().unwrap(), Outcome::Coalesced);
+    } else {
+        // The waiter saw the lease run out first, and took the run over itself.
+        wait_for(
+            || waiter.is_finished(),
+            "the waiter to end its takeover's run",
+        );
+        assert_eq!(waiter.join().unwrap(), Outcome::Now(9));
+    }
+    assert!(!job.throttle().is_pending());
 }
