@@ -1127,3 +1127,60 @@ fn a_run_waiting_for_its_spacing_leaves_the_worker_to_others() {
         "a's runs started at"
     );
 }
+
+/// On a shared timer, a deferral a worker finds pending after a leading run, but not due for
+/// an hour, is left to the timer: it does not hold the only worker, and another throttle's
+/// run, due first, gets it on time.
+#[test]
+fn a_deferral_not_yet_due_leaves_the_worker_to_others() {
+    let clock = ManualClock::with_auto_advance(false);
+    let timer = SharedTimer::builder()
+        .clock(clock.clone())
+        .workers(1)
+        .spawn()
+        .unwrap();
+    // Made first, so that it is dropped last (see above).
+    let b_runs = Arc::new(AtomicU32::new(0));
+    let b =
+        Detached::builder(Throttle::with_clock(Duration::from_millis(10), clock.clone()).unwrap())
+            .leading_run(LeadingRun::Inline)
+            .timer(&timer)
+            .spawn({
+                let runs = b_runs.clone();
+                move || {
+                    runs.fetch_add(1, Relaxed);
+                }
+            })
+            .unwrap();
+    let a_runs = Arc::new(AtomicU32::new(0));
+    let (permit_sender, permits) = std::sync::mpsc::channel::<()>();
+    let permits = Mutex::new(permits);
+    let a =
+        Detached::builder(Throttle::with_clock(Duration::from_secs(3600), clock.clone()).unwrap())
+            .leading_run(LeadingRun::OnTimer)
+            .on_shutdown(Shutdown::CancelPending)
+            .timer(&timer)
+            .spawn({
+                let runs = a_runs.clone();
+                move || {
+                    if runs.fetch_add(1, Relaxed) == 0 {
+                        // Holds the worker until the deferral below is claimed.
+                        let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
+                    }
+                }
+            })
+            .unwrap();
+    let permit = permit_sender; // dropped before the handles if the test fails
+    assert_eq!(a.call(), Dispatch::Leading);
+    wait_for(|| a_runs.load(Relaxed) == 1, "a's leading run");
+    assert_eq!(a.call(), Dispatch::Deferred); // due in an hour
+    assert_eq!(b.call(), Dispatch::Leading);
+    assert_eq!(b.call(), Dispatch::Deferred); // due in 10 ms
+    permit.send(()).unwrap();
+    clock.advance(Duration::from_millis(10));
+    wait_for(
+        || b_runs.load(Relaxed) == 2,
+        "b's deferred run, due at 10 ms",
+    );
+    assert_eq!(a_runs.load(Relaxed), 1, "a's deferral ran an hour early");
+}
