@@ -1184,3 +1184,87 @@ fn a_deferral_not_yet_due_leaves_the_worker_to_others() {
     );
     assert_eq!(a_runs.load(Relaxed), 1, "a's deferral ran an hour early");
 }
+
+/// On a shared timer, a shutdown under `Shutdown::CancelPending` gives a deferral due in an
+/// hour up at once, however long the shutdown grace.
+#[test]
+fn a_cancelling_shutdown_on_a_shared_timer_does_not_wait_for_the_deadline() {
+    let clock = ManualClock::with_auto_advance(false);
+    let timer = SharedTimer::builder().clock(clock.clone()).spawn().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let job = Detached::builder(Throttle::with_clock(Duration::from_secs(3600), clock).unwrap())
+        .leading_run(LeadingRun::Inline)
+        .on_shutdown(Shutdown::CancelPending)
+        .shutdown_grace(Duration::from_secs(3600))
+        .unwrap()
+        .timer(&timer)
+        .spawn({
+            let runs = runs.clone();
+            move || {
+                runs.fetch_add(1, Relaxed);
+            }
+        })
+        .unwrap();
+    assert_eq!(job.call(), Dispatch::Leading);
+    assert_eq!(job.call(), Dispatch::Deferred); // due in an hour
+    let job = Arc::new(job);
+    let stopper = std::thread::spawn({
+        let job = job.clone();
+        move || job.shutdown()
+    });
+    wait_for(|| stopper.is_finished(), "the shutdown to end");
+    assert!(!job.is_pending());
+    assert_eq!(runs.load(Relaxed), 1, "the cancelled deferral ran");
+}
+
+/// On a shared timer, once a shutdown's grace has run out, a leading run waiting for its
+/// spacing runs at once: the shutdown ends within its grace, not a threshold later.
+#[test]
+fn a_shutdown_grace_bounds_a_leading_runs_spacing_on_a_shared_timer() {
+    const HOUR: Duration = Duration::from_secs(3600);
+    let clock = ManualClock::with_auto_advance(false);
+    let timer = SharedTimer::builder().clock(clock.clone()).spawn().unwrap();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let (permit_sender, permits) = std::sync::mpsc::channel::<()>();
+    let permits = Mutex::new(permits);
+    let job = Detached::builder(Throttle::with_clock(HOUR, clock.clone()).unwrap())
+        .leading_run(LeadingRun::OnTimer)
+        .shutdown_grace(Duration::from_millis(10))
+        .unwrap()
+        .timer(&timer)
+        .spawn({
+            let (clock, starts) = (clock.clone(), starts.clone());
+            move || {
+                let first = {
+                    let mut starts = starts.lock().unwrap();
+                    starts.push(clock.now());
+                    starts.len() == 1
+                };
+                if first {
+                    let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
+                }
+            }
+        })
+        .unwrap();
+    let permit = permit_sender; // dropped before the handle if the test fails
+    assert_eq!(job.call(), Dispatch::Leading);
+    wait_for(|| starts.lock().unwrap().len() == 1, "the first run");
+    // Two leading runs queued behind the first work: the third is due an hour after the
+    // second starts.
+    clock.advance(HOUR);
+    assert_eq!(job.call(), Dispatch::Leading);
+    clock.advance(HOUR);
+    assert_eq!(job.call(), Dispatch::Leading);
+    permit.send(()).unwrap();
+    wait_for(|| starts.lock().unwrap().len() == 2, "the second run");
+    let job = Arc::new(job);
+    let stopper = std::thread::spawn({
+        let job = job.clone();
+        move || job.shutdown()
+    });
+    wait_for(
+        || stopper.is_finished(),
+        "the shutdown to end within its grace",
+    );
+    assert_eq!(starts.lock().unwrap().len(), 3, "the last leading run ran");
+}
