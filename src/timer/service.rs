@@ -363,7 +363,7 @@ impl<C: Clock> Service<C> {
                 table.refile(index, &entry, now, lead, out);
             }
         }
-        if table.stale > table.live + 64 {
+        if table.has_many_stale() {
             let Table { heap, slots, .. } = &mut *table;
             heap.retain(|Reverse(filed)| Table::current_in(slots, filed));
             table.stale = 0;
@@ -456,6 +456,12 @@ impl<C: Clock> Service<C> {
 }
 
 impl Table {
+    /// Whether enough stale entries piled up in the heap to sweep them out. Only a cost: a
+    /// stale entry is skipped when it comes to the top (`is_current`).
+    fn has_many_stale(&self) -> bool {
+        self.stale > self.live + 64
+    }
+
     fn is_current(&self, filed: &Filed) -> bool {
         Self::current_in(&self.slots, filed)
     }
