@@ -1145,3 +1145,20 @@ pub(crate) const fn nanos_saturating(duration: Duration) -> u64 {
         nanos as u64
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nanos_saturate_at_the_largest_u64_and_are_exact_below() {
+        assert_eq!(nanos_saturating(Duration::ZERO), 0);
+        assert_eq!(nanos_saturating(Duration::from_nanos(1_500)), 1_500);
+        assert_eq!(nanos_saturating(Duration::from_nanos(u64::MAX)), u64::MAX);
+        // Past 2^64 ns (about 584 years), and far past it: the largest value, not what is left
+        // of it modulo 2^64.
+        let past = Duration::from_nanos(u64::MAX) + Duration::from_nanos(2);
+        assert_eq!(nanos_saturating(past), u64::MAX);
+        assert_eq!(nanos_saturating(Duration::MAX), u64::MAX);
+    }
+}
