@@ -674,6 +674,18 @@ mod tests {
         assert!(state::window_passed(first_word(state::FRESH, 0), 0, 1_000));
     }
 
+    /// Keys spread over every class by their low fingerprint bits: inserts of keys of other
+    /// classes do not wait on each other, and an evicted key's horizon lifts only the first
+    /// words of its own class.
+    #[test]
+    fn keys_spread_over_every_class() {
+        let table = Table::new(2, 8);
+        let classes: std::collections::BTreeSet<usize> =
+            (0..64u64).map(|key| table.class_of(key)).collect();
+        assert_eq!(classes, (0..8).collect());
+        assert_eq!(table.class_of(13), 5);
+    }
+
     #[test]
     fn class_words_count_and_name() {
         let idle = finished(activated(0, 5));
