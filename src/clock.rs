@@ -1161,4 +1161,35 @@ mod tests {
         assert_eq!(nanos_saturating(past), u64::MAX);
         assert_eq!(nanos_saturating(Duration::MAX), u64::MAX);
     }
+
+    /// The manual clock's bookkeeping, checked directly: here, in the first test binary to
+    /// run, a clock that does not move fails at once, rather than hang the tests whose owners
+    /// wait on it.
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_keeps_one_entry_per_waiter() {
+        let clock = ManualClock::with_auto_advance(false);
+        assert_eq!(clock.now_nanos(), 0);
+        clock.advance(Duration::from_micros(5));
+        assert_eq!(clock.now_nanos(), 5_000);
+        clock.advance(Duration::from_micros(2));
+        assert_eq!(clock.now_nanos(), 7_000);
+        clock.rewind(Duration::from_micros(3));
+        assert_eq!(clock.now_nanos(), 4_000);
+        let (first, second) = (Waker::noop(), Waker::noop());
+        let (first, second) = (Waiter::new(first), Waiter::new(second));
+        assert_eq!(clock.wait_for(first, 9_000), Wait::UntilWoken);
+        assert_eq!(clock.wait_for(second, 8_000), Wait::UntilWoken);
+        // A waiter asking again updates its own entry.
+        assert_eq!(clock.wait_for(first, 10_000), Wait::UntilWoken);
+        assert_eq!(clock.waiters(), 2);
+        assert_eq!(clock.wait_for(second, 4_000), Wait::Now);
+        clock.done_waiting(second);
+        assert_eq!(clock.waiters(), 1, "one waiter left, the other still waits");
+        // The one left is the first: the second, waiting again, is a new entry.
+        assert_eq!(clock.wait_for(second, 20_000), Wait::UntilWoken);
+        assert_eq!(clock.waiters(), 2);
+        clock.done_waiting(first);
+        clock.done_waiting(second);
+        assert_eq!(clock.waiters(), 0);
+    }
 }
