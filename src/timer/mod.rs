@@ -515,3 +515,26 @@ impl<C: Clock> fmt::Debug for SharedTimer<C> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// A shared timer starts its timer thread and every worker, and knows them (the timer
+    /// thread is the one that hand-offs wake). Checked here, in the first test binary to run:
+    /// a timer without its threads hangs every test that waits for a run on it.
+    #[test]
+    fn a_shared_timer_starts_and_knows_its_timer_thread_and_workers() {
+        let timer = SharedTimer::builder().workers(3).spawn().unwrap();
+        assert_eq!(
+            timer.service().thread_names(),
+            [
+                "atomic-throttle-shared-timer",
+                "atomic-throttle-worker",
+                "atomic-throttle-worker",
+                "atomic-throttle-worker"
+            ]
+        );
+        assert!(timer.is_running());
+    }
+}

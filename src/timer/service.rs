@@ -133,6 +133,16 @@ impl<C: Clock> Service<C> {
         let _ = self.threads.set(threads);
     }
 
+    /// The names of the service's threads, the timer thread first.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn thread_names(&self) -> Vec<String> {
+        let threads = self.threads.get().map_or(&[][..], Vec::as_slice);
+        threads
+            .iter()
+            .map(|thread| thread.name().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// Whether the calling thread is the timer thread or one of the workers.
     pub(crate) fn is_own_thread(&self) -> bool {
         let me = sync::current().id();
