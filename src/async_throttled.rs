@@ -365,10 +365,13 @@ where
         };
         core::future::poll_fn(|cx| {
             // Acquire: as in `Throttle::admit`.
-            let now = self.shared.throttle.load(Ordering::Acquire);
-            // Not `lease_over`: every claim is the wrapper's, and the caller that takes an abandoned
-            // one over runs it as the wrapper's, which wakes the waiters.
-            match completions.look::<R>(seen, now, false, waiter.id, cx.waker()) {
+            let load = || self.shared.throttle.load(Ordering::Acquire);
+            // Not `lease_over`: every claim is the wrapper's, and the caller that takes an
+            // abandoned one over runs it as the wrapper's, which wakes the waiters.
+            match completions
+                .look::<R>(seen, load, false, waiter.id, cx.waker())
+                .0
+            {
                 Seen::Covered(Some(result)) => Poll::Ready(Outcome::Covered(result)),
                 // The covering run finished before results were kept (a race with the first
                 // waiter): nothing to copy, but covered all the same.
@@ -406,12 +409,15 @@ where
                 let stamped = shared
                     .throttle
                     .word()
-                    .stamp_when_due_async(claim, |wait| runtime.sleep(wait))
+                    .stamp_when_due_async_around(
+                        claim,
+                        |wait| runtime.sleep(wait),
+                        |attempt| owed.stamping(attempt),
+                    )
                     .await;
                 hand_off.claim = None; // stamped or revoked: nothing left to hand on
                 Ran::Outcome(match stamped {
-                    Ok(stamp) => {
-                        owed.started(stamp);
+                    Ok(_) => {
                         let result = (shared.work)().await;
                         owed.finish(&result);
                         Outcome::Deferred(result)
@@ -640,11 +646,15 @@ where
             let mut held = held;
             let owner = Arc::clone(&held.owner);
             let stamped = {
-                let runtime = &owner.runtime;
+                let (runtime, run) = (&owner.runtime, held.run);
                 owner
                     .throttle
                     .word()
-                    .stamp_when_due_async(claim, |wait| runtime.sleep(wait))
+                    .stamp_when_due_async_around(
+                        claim,
+                        |wait| runtime.sleep(wait),
+                        |attempt| owner.completions.stamping(run, attempt),
+                    )
                     .await
             };
             held.released = true; // stamped or revoked: nothing left to release
@@ -681,6 +691,8 @@ where
 {
     owner: Arc<Shared<F, Rt, C>>,
     claim: u64,
+    /// Its id among the runs under way (`Completions::own`).
+    run: u64,
     /// Stamped or revoked: nothing left to release.
     released: bool,
 }
@@ -694,10 +706,11 @@ where
 {
     /// Holds `claim` for a handed-on run, under way for the waiters until dropped.
     fn new(owner: &Arc<Shared<F, Rt, C>>, claim: u64) -> Self {
-        owner.completions.own(Some(claim));
+        let run = owner.completions.own(Some(claim));
         Self {
             owner: Arc::clone(owner),
             claim,
+            run,
             released: false,
         }
     }
@@ -714,7 +727,7 @@ where
         if !self.released {
             self.owner.throttle.word().release(self.claim);
         }
-        self.owner.completions.notify_settled(Some(self.claim));
+        self.owner.completions.notify_settled(self.run);
     }
 }
 

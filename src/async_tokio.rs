@@ -157,11 +157,11 @@ impl<F, C: Clock> Throttled<F, C> {
                 // Whether the wait ends in a run, a revocation or a dropped future, the
                 // callers waiting in `call_covered` hear of it.
                 let mut owed = Owed::new(self.completions(), Some(deferral.word()));
-                match deferral.wait_async().await {
-                    Ok(()) => {
-                        owed.started(stamp());
-                        Outcome::Deferred(self.work()())
-                    }
+                let waited = deferral
+                    .wait_with_around(tokio::time::sleep, |attempt| owed.stamping(attempt))
+                    .await;
+                match waited {
+                    Ok(()) => Outcome::Deferred(self.work()()),
                     Err(revoked) => Outcome::Revoked(revoked),
                 }
             }

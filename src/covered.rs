@@ -4,6 +4,9 @@
 
 use crate::state;
 use crate::sync::{self, Mutex};
+use crate::wait::Look;
+use crate::word::Attempt;
+use crate::Revoked;
 use core::any::Any;
 use core::ops::Deref;
 use core::task::Waker;
@@ -29,11 +32,19 @@ struct Record {
     /// The wrapper's runs under way (owners waiting or running, handed-on runs): each settles
     /// here when it ends, so waiters are woken. A run started outside the wrapper (through
     /// the throttle itself) does not, and waiters watch for it instead.
-    active: usize,
-    /// The claims (deferrals' words) of the runs under way, once per run that holds one, and
-    /// whether that run has started its work (a claim not started is no run yet, and, if its
-    /// owner never comes back, never will be).
-    owned: Vec<(u64, bool)>,
+    runs: Vec<Run>,
+    /// The id of the next run under way.
+    next_run: u64,
+}
+
+/// A run of the wrapper's under way.
+struct Run {
+    id: u64,
+    /// The word its deferral's claim installed; none for a leading run.
+    claim: Option<u64>,
+    /// Its stamp in microseconds, once its work has started. A claim not started is no run
+    /// yet, and, if its owner never comes back, never will be.
+    started: Option<u64>,
 }
 
 struct Finished {
@@ -69,27 +80,42 @@ impl Completions {
     }
 
     /// A run of the wrapper's is under way: a deferral's claim, or a leading run (`None`).
-    /// Each must be settled once, by `record`, `notify_settled` or `settle`.
-    pub(crate) fn own(&self, claim: Option<u64>) {
+    /// Returns its id, by which it must be settled once (`record`, `notify_settled`).
+    pub(crate) fn own(&self, claim: Option<u64>) -> u64 {
         let mut record = sync::lock(&self.inner);
-        record.active += 1;
-        record.owned.extend(claim.map(|claim| (claim, false)));
+        let id = record.next_run;
+        record.next_run += 1;
+        record.runs.push(Run {
+            id,
+            claim,
+            started: None,
+        });
+        id
     }
 
-    /// The run of `claim` (see `own`) has started its work.
-    fn started(&self, claim: u64) {
+    /// Run `id` (see `own`) has started its work, stamped `stamp` (nanoseconds).
+    pub(crate) fn started(&self, id: u64, stamp: u64) {
+        sync::lock(&self.inner).start(id, stamp);
+    }
+
+    /// Makes `attempt` to stamp the deferral of run `id` (see `own`), and records the run as
+    /// started if it stamped, in one step for the waiters: they read the state word under the
+    /// same lock (`look`), so a stamp of the wrapper's they see is a started run's.
+    pub(crate) fn stamping(&self, id: u64, attempt: Attempt<'_>) -> Look<Result<u64, Revoked>> {
         let mut record = sync::lock(&self.inner);
-        if let Some(owned) = record.owned.iter_mut().find(|(known, _)| *known == claim) {
-            owned.1 = true;
+        let stamped = attempt();
+        if let Look::Done(Ok(stamp)) = stamped {
+            record.start(id, stamp);
         }
+        stamped
     }
 
     /// Records a finished run, with a copy of its result if one is given and waiters asked for
     /// results, settles it (see `own`), and wakes every waiter.
-    fn record(&self, claim: Option<u64>, stamp: u64, result: Option<&(dyn Any + Send)>) {
+    fn record(&self, id: u64, claim: Option<u64>, stamp: u64, result: Option<&(dyn Any + Send)>) {
         let waiters = {
             let mut record = sync::lock(&self.inner);
-            record.settle(claim);
+            record.settle(id);
             let cloner = record.cloner;
             let result = result.and_then(|result| cloner.map(|clone| clone(result)));
             // A later-stamped run may finish first; keep the latest stamp.
@@ -116,12 +142,12 @@ impl Completions {
         }
     }
 
-    /// Settles a run that ended without running (see `own`), and wakes every waiter to look
-    /// again.
-    pub(crate) fn notify_settled(&self, claim: Option<u64>) {
+    /// Settles run `id`, which ended without running (see `own`), and wakes every waiter to
+    /// look again.
+    pub(crate) fn notify_settled(&self, id: u64) {
         let waiters = {
             let mut record = sync::lock(&self.inner);
-            record.settle(claim);
+            record.settle(id);
             core::mem::take(&mut record.waiters)
         };
         for (_, waker) in waiters {
@@ -130,62 +156,24 @@ impl Completions {
     }
 
     /// Looks for the run that covers a caller coalesced into the claim `seen` (the pending
-    /// word it saw); `now` is the state word as it is; `lease_over`: the claim has outlived
-    /// its deadline and the throttle's lease. Registers `waker` (as waiter `id`) unless the
-    /// answer is final.
+    /// word it saw); `load` reads the state word as it is; `lease_over`: the claim has
+    /// outlived its deadline and the throttle's lease. Registers `waker` (as waiter `id`)
+    /// unless the answer is final. Returns the state word it read, with the answer.
     pub(crate) fn look<R: Clone + 'static>(
         &self,
         seen: u64,
-        now: u64,
+        load: impl FnOnce() -> u64,
         lease_over: bool,
         id: u64,
         waker: &Waker,
-    ) -> Seen<R> {
-        // The claim as its owner knows it: a flush may have set its FLUSH bit since.
-        let seen = seen & !state::FLUSH;
+    ) -> (Seen<R>, u64) {
         let mut record = sync::lock(&self.inner);
-        if let Some(last) = &record.last {
-            // The claim it was coalesced into ran, or a run stamped after it: covered.
-            if last.claim == Some(seen) || last.stamp > state::stamp(seen) {
-                let result = last
-                    .result
-                    .as_ref()
-                    .and_then(|result| result.downcast_ref::<R>())
-                    .cloned();
-                return Seen::Covered(result);
-            }
-        }
-        // Given up with nothing after it: no claim pending, and the window not moved on.
-        if !state::is_pending(now) && state::stamp(now) == state::stamp(seen) {
-            return Seen::Uncovered;
-        }
-        // A run of the wrapper's that holds the claim tells the waiters how it ends. One that
-        // has not started its work by the end of the lease may never (its owner's future was
-        // leaked, or its thread is stuck): the waiters watch the state for the claim instead,
-        // as for an owner outside the wrapper, and may take it over.
-        let outside = match record.owned.iter().find(|(known, _)| *known == seen) {
-            Some(&(_, started)) => !started && lease_over,
-            None => true,
-        };
-        // Runs of the wrapper's that have started their work (leading runs hold no claim).
-        let unstarted = record.owned.iter().filter(|(_, started)| !started).count();
-        let running = record.active.saturating_sub(unstarted);
-        // The window moved on after the call, and no run of the wrapper's is under way to
-        // finish: a run started outside the wrapper covers it. It cannot be seen finishing.
-        if outside && running == 0 && state::stamp(now) > state::stamp(seen) {
-            return Seen::Covered(None);
-        }
-        match record.waiters.iter_mut().find(|(known, _)| *known == id) {
-            Some(entry) => entry.1.clone_from(waker),
-            None => record.waiters.push((id, waker.clone())),
-        }
-        if outside {
-            Seen::Watching
-        } else {
-            Seen::Waiting
-        }
+        // Read under the lock: a wrapper's owner stamps its run and records it as started in
+        // one step under it (`stamping`), so a stamp of the wrapper's seen here is a started
+        // run's.
+        let now = load();
+        (record.look(seen, now, lease_over, id, waker), now)
     }
-
     /// How many callers wait for a covering run right now.
     pub(crate) fn waiting(&self) -> usize {
         sync::lock(&self.inner).waiters.len()
@@ -206,6 +194,8 @@ impl Completions {
 /// as finished with no result to copy, so that the callers it covers stop waiting.
 pub(crate) struct Owed<D: Deref<Target = Completions>> {
     completions: D,
+    /// Its id among the runs under way (`Completions::own`).
+    run: u64,
     claim: Option<u64>,
     stamp: Option<u64>,
     /// `finish` recorded the run: nothing left to do.
@@ -216,9 +206,10 @@ impl<D: Deref<Target = Completions>> Owed<D> {
     /// Owed for a run of `claim` (a deferral's word), or a leading run (`None`); under way
     /// from now (see `Completions::own`).
     pub(crate) fn new(completions: D, claim: Option<u64>) -> Self {
-        completions.own(claim);
+        let run = completions.own(claim);
         Self {
             completions,
+            run,
             claim,
             stamp: None,
             paid: false,
@@ -227,9 +218,11 @@ impl<D: Deref<Target = Completions>> Owed<D> {
 
     /// A leading run stamped `stamp` (nanoseconds), about to start.
     pub(crate) fn leading(completions: D, stamp: u64) -> Self {
-        completions.own(None);
+        let run = completions.own(None);
+        completions.started(run, stamp);
         Self {
             completions,
+            run,
             claim: None,
             stamp: Some(stamp),
             paid: false,
@@ -239,16 +232,26 @@ impl<D: Deref<Target = Completions>> Owed<D> {
     /// The run was stamped `stamp` (nanoseconds) and its work is about to start.
     pub(crate) fn started(&mut self, stamp: u64) {
         self.stamp = Some(stamp);
-        if let Some(claim) = self.claim {
-            self.completions.started(claim);
+        self.completions.started(self.run, stamp);
+    }
+
+    /// Makes `attempt` to stamp the run's deferral, and records the run as started if it
+    /// stamped, in one step for the waiters (`Completions::stamping`).
+    pub(crate) fn stamping(&mut self, attempt: Attempt<'_>) -> Look<Result<u64, Revoked>> {
+        let stamped = self.completions.stamping(self.run, attempt);
+        if let Look::Done(Ok(stamp)) = stamped {
+            self.stamp = Some(stamp);
         }
+        stamped
     }
 
     /// The run finished with `result`: records it, with a copy for waiters that asked.
     pub(crate) fn finish(mut self, result: &(dyn Any + Send)) {
         match self.stamp {
-            Some(stamp) => self.completions.record(self.claim, stamp, Some(result)),
-            None => self.completions.notify_settled(self.claim),
+            Some(stamp) => self
+                .completions
+                .record(self.run, self.claim, stamp, Some(result)),
+            None => self.completions.notify_settled(self.run),
         }
         self.paid = true;
     }
@@ -260,20 +263,84 @@ impl<D: Deref<Target = Completions>> Drop for Owed<D> {
             return;
         }
         match self.stamp {
-            Some(stamp) => self.completions.record(self.claim, stamp, None),
-            None => self.completions.notify_settled(self.claim),
+            Some(stamp) => self.completions.record(self.run, self.claim, stamp, None),
+            None => self.completions.notify_settled(self.run),
         }
     }
 }
 
 impl Record {
-    /// Settles a run under way (see `Completions::own`).
-    fn settle(&mut self, claim: Option<u64>) {
-        self.active = self.active.saturating_sub(1);
-        if let Some(position) =
-            claim.and_then(|claim| self.owned.iter().position(|(c, _)| *c == claim))
-        {
-            self.owned.swap_remove(position);
+    /// What a waiter coalesced into the claim `seen` sees, the state word being `now`; see
+    /// `Completions::look`.
+    fn look<R: Clone + 'static>(
+        &mut self,
+        seen: u64,
+        now: u64,
+        lease_over: bool,
+        id: u64,
+        waker: &Waker,
+    ) -> Seen<R> {
+        // The claim as its owner knows it: a flush may have set its FLUSH bit since.
+        let seen = seen & !state::FLUSH;
+        if let Some(last) = &self.last {
+            // The claim it was coalesced into ran, or a run stamped after it: covered.
+            if last.claim == Some(seen) || last.stamp > state::stamp(seen) {
+                let result = last
+                    .result
+                    .as_ref()
+                    .and_then(|result| result.downcast_ref::<R>())
+                    .cloned();
+                return Seen::Covered(result);
+            }
+        }
+        // Given up with nothing after it: no claim pending, and the window not moved on.
+        if !state::is_pending(now) && state::stamp(now) == state::stamp(seen) {
+            return Seen::Uncovered;
+        }
+        // A run of the wrapper's that holds the claim tells the waiters how it ends. One that
+        // has not started its work by the end of the lease may never (its owner's future was
+        // leaked, or its thread is stuck): the waiters watch the state for the claim instead,
+        // as for an owner outside the wrapper, and may take it over.
+        let held = self.runs.iter().any(|run| run.claim == Some(seen));
+        let started = self
+            .runs
+            .iter()
+            .any(|run| run.claim == Some(seen) && run.started.is_some());
+        let outside = !held || (!started && lease_over);
+        // A run of the wrapper's under way that started after the call (stamped after the
+        // window the call came in) may be what moved the stamp, and its result is on its way.
+        let running = self
+            .runs
+            .iter()
+            .any(|run| run.started.is_some_and(|stamp| stamp > state::stamp(seen)));
+        // The window moved on after the call, and no run of the wrapper's that started since
+        // is under way to finish: a run started outside the wrapper covers it. It cannot be
+        // seen finishing.
+        if outside && !running && state::stamp(now) > state::stamp(seen) {
+            return Seen::Covered(None);
+        }
+        match self.waiters.iter_mut().find(|(known, _)| *known == id) {
+            Some(entry) => entry.1.clone_from(waker),
+            None => self.waiters.push((id, waker.clone())),
+        }
+        if outside {
+            Seen::Watching
+        } else {
+            Seen::Waiting
+        }
+    }
+
+    /// Run `id` has started, stamped `stamp` (nanoseconds).
+    fn start(&mut self, id: u64, stamp: u64) {
+        if let Some(run) = self.runs.iter_mut().find(|run| run.id == id) {
+            run.started = Some(stamp / state::NANOS_PER_STAMP);
+        }
+    }
+
+    /// Settles run `id` (see `Completions::own`).
+    fn settle(&mut self, id: u64) {
+        if let Some(position) = self.runs.iter().position(|run| run.id == id) {
+            self.runs.swap_remove(position);
         }
     }
 }
@@ -302,7 +369,9 @@ mod tests {
         let after = state::STAMPED | 5;
         // Coalesced after the flush, it saw the claim with its FLUSH bit.
         let seen = claim | state::FLUSH;
-        let looked = completions.look::<u32>(seen, after, false, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(seen, || after, false, 1, Waker::noop())
+            .0;
         assert!(
             matches!(looked, Seen::Covered(_)),
             "the run of its own claim was taken for a cancel"
@@ -315,17 +384,25 @@ mod tests {
         let completions = Completions::default();
         let claim = state::PENDING | state::STAMPED | 5;
         // Still pending: nothing will wake it, so it watches.
-        let looked = completions.look::<u32>(claim, claim, false, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || claim, false, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Watching));
         // The owner's run started at 9 us: covered, with nothing to copy.
-        let looked = completions.look::<u32>(claim, state::STAMPED | 9, false, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || state::STAMPED | 9, false, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Covered(None)));
         // But while a run of the wrapper's is under way, it waits for that run to finish.
         let owed = Owed::leading(&completions, 9_000);
-        let looked = completions.look::<u32>(claim, state::STAMPED | 9, false, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || state::STAMPED | 9, false, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Watching));
         drop(owed);
-        let looked = completions.look::<u32>(claim, state::STAMPED | 9, false, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || state::STAMPED | 9, false, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Covered(None)));
     }
 
@@ -335,21 +412,31 @@ mod tests {
         let claim = state::PENDING | state::STAMPED | 5;
         let mut owed = Owed::new(&completions, Some(claim));
         // Within the lease, the owner tells the waiters.
-        let looked = completions.look::<u32>(claim, claim, false, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || claim, false, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Waiting));
         // Past it, and not started: it may never come back.
-        let looked = completions.look::<u32>(claim, claim, true, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || claim, true, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Watching));
         // Taken over by a caller outside the wrapper, whose run started at 9 us: covered,
         // though the owner's run is still counted as under way.
-        let looked = completions.look::<u32>(claim, state::STAMPED | 9, true, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || state::STAMPED | 9, true, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Covered(None)));
         // Started (late, and nobody took it over): the waiters wait for its end.
         owed.started(6_000);
-        let looked = completions.look::<u32>(claim, state::STAMPED | 6, true, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || state::STAMPED | 6, true, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Waiting));
         drop(owed);
-        let looked = completions.look::<u32>(claim, state::STAMPED | 6, true, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(claim, || state::STAMPED | 6, true, 1, Waker::noop())
+            .0;
         assert!(matches!(looked, Seen::Covered(None)));
     }
 
@@ -360,11 +447,77 @@ mod tests {
         // The outside claim ran at 9 us; the wrapper claimed the next deferral, not yet run.
         let next = state::PENDING | state::STAMPED | 9;
         let owed = Owed::new(&completions, Some(next));
-        let looked = completions.look::<u32>(outside, next, false, 1, Waker::noop());
+        let looked = completions
+            .look::<u32>(outside, || next, false, 1, Waker::noop())
+            .0;
         assert!(
             matches!(looked, Seen::Covered(None)),
             "waited for a run that has not started"
         );
         drop(owed);
+    }
+
+    #[test]
+    fn a_run_under_way_from_before_the_call_does_not_hold_a_waiter_up() {
+        let completions = Completions::default();
+        // A leading run of the wrapper's, stamped at 5 us, still under way.
+        let before = Owed::leading(&completions, 5_000);
+        // A call coalesced into a claim made outside the wrapper in that run's window, which
+        // ran at 9 us: covered, though the earlier run has not finished.
+        let claim = state::PENDING | state::STAMPED | 5;
+        let after = state::STAMPED | 9;
+        let looked = completions
+            .look::<u32>(claim, || after, false, 1, Waker::noop())
+            .0;
+        assert!(matches!(looked, Seen::Covered(None)));
+        // A run of the wrapper's started since (at 9 us) is waited for: its result is coming.
+        let since = Owed::leading(&completions, 9_000);
+        let looked = completions
+            .look::<u32>(claim, || after, false, 1, Waker::noop())
+            .0;
+        assert!(matches!(looked, Seen::Watching));
+        drop((since, before));
+    }
+
+    #[test]
+    fn runs_holding_the_same_claim_word_each_settle_their_own() {
+        let completions = Completions::default();
+        let claim = state::PENDING | state::STAMPED | 5;
+        let mut ran = Owed::new(&completions, Some(claim));
+        ran.started(5_000); // flushed: it ran at its claim's own stamp
+                            // The same word claimed again (the clock stood still), by an owner that never comes
+                            // back.
+        let gone = Owed::new(&completions, Some(claim));
+        drop(ran);
+        let runs = &sync::lock(&completions.inner).runs;
+        assert_eq!(runs.len(), 1);
+        assert!(
+            runs[0].started.is_none(),
+            "the run that ended is still under way"
+        );
+        core::mem::forget(gone);
+    }
+
+    #[test]
+    fn a_stamp_made_in_stamping_is_a_started_run() {
+        let completions = Completions::default();
+        let claim = state::PENDING | state::STAMPED | 5;
+        let mut owed = Owed::new(&completions, Some(claim));
+        let stamped = owed.stamping(&mut || Look::Done(Ok(9_000)));
+        assert!(matches!(stamped, Look::Done(Ok(9_000))));
+        // Past the lease, a run that stamped is waited for, not taken for abandoned.
+        let looked = completions
+            .look::<u32>(claim, || state::STAMPED | 9, true, 1, Waker::noop())
+            .0;
+        assert!(matches!(looked, Seen::Waiting));
+        // Not stamped: still no run.
+        let other = state::PENDING | state::STAMPED | 9;
+        let mut late = Owed::new(&completions, Some(other));
+        let _ = late.stamping(&mut || Look::Until(20_000));
+        let looked = completions
+            .look::<u32>(other, || other, true, 2, Waker::noop())
+            .0;
+        assert!(matches!(looked, Seen::Watching));
+        drop((late, owed));
     }
 }

@@ -269,8 +269,20 @@ impl<T: ThrottleRef> Deferral<T> {
     /// deferral.run(|| assert!(started.elapsed() >= Duration::from_millis(3)))?;
     /// # Ok::<(), atomic_throttle::Revoked>(())
     /// ```
-    pub fn run<R>(mut self, f: impl FnOnce() -> R) -> Result<R, Revoked> {
-        let stamped = self.throttle.word().stamp_when_due(self.word);
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> Result<R, Revoked> {
+        self.run_around(|stamp| stamp(), f)
+    }
+
+    /// `run`, with each attempt to stamp made inside `around` (see `Word::stamp_when_due_around`).
+    pub(crate) fn run_around<R>(
+        mut self,
+        around: impl crate::word::Around,
+        f: impl FnOnce() -> R,
+    ) -> Result<R, Revoked> {
+        let stamped = self
+            .throttle
+            .word()
+            .stamp_when_due_around(self.word, around);
         // Stamped or revoked: nothing is left to release.
         self.spent = true;
         stamped.map(|_| f())
@@ -338,7 +350,21 @@ impl<T: ThrottleRef> Deferral<T> {
     /// assert!(!throttle.is_pending()); // stamped: run the work now
     /// # Ok::<(), atomic_throttle::Revoked>(())
     /// ```
-    pub async fn wait_with<S, F>(mut self, sleep: S) -> Result<(), Revoked>
+    pub async fn wait_with<S, F>(self, sleep: S) -> Result<(), Revoked>
+    where
+        S: FnMut(Duration) -> F,
+        F: Future<Output = ()>,
+    {
+        self.wait_with_around(sleep, |stamp| stamp()).await
+    }
+
+    /// `wait_with`, with each attempt to stamp made inside `around` (see
+    /// `Word::stamp_when_due_around`).
+    pub(crate) async fn wait_with_around<S, F>(
+        mut self,
+        sleep: S,
+        around: impl crate::word::Around,
+    ) -> Result<(), Revoked>
     where
         S: FnMut(Duration) -> F,
         F: Future<Output = ()>,
@@ -346,7 +372,7 @@ impl<T: ThrottleRef> Deferral<T> {
         let stamped = self
             .throttle
             .word()
-            .stamp_when_due_async(self.word, sleep)
+            .stamp_when_due_async_around(self.word, sleep, around)
             .await;
         self.spent = true;
         stamped.map(drop)

@@ -276,10 +276,7 @@ impl<F, C: Clock> Throttled<F, C> {
             }
             Admission::Deferred(deferral) => {
                 let mut owed = Owed::new(&self.completions, Some(deferral.word()));
-                match deferral.run(|| {
-                    owed.started(self.last_stamp());
-                    (self.work)()
-                }) {
+                match deferral.run_around(|attempt| owed.stamping(attempt), || (self.work)()) {
                     Ok(result) => Outcome::Deferred(result),
                     Err(revoked) => Outcome::Revoked(revoked),
                 }
@@ -296,7 +293,9 @@ impl<F, C: Clock> Throttled<F, C> {
 
     /// Like [`call`](Throttled::call), but a caller that would be Coalesced blocks until the
     /// run that covers it has finished, and gets a copy of its result: `Covered(result)` (a
-    /// single-flight call). If that run is cancelled with nothing after it, the answer is
+    /// single-flight call). The covering run is the first to finish of the runs started
+    /// after the call: the deferred run it was coalesced into, or a later one that finished
+    /// first (a leading run that came after that deferred run, while its work still ran). If that run is cancelled with nothing after it, the answer is
     /// `Revoked(Cancelled)`. A covering run started by [`call`](Throttled::call) (or
     /// `call_async`) rather than `call_covered` keeps no result to copy: the waiter then gets
     /// `Coalesced`, after that run has finished; so does a waiter whose covering run panicked.
@@ -367,10 +366,7 @@ impl<F, C: Clock> Throttled<F, C> {
             Admission::Now => run_now(),
             Admission::Deferred(deferral) => {
                 let mut owed = Owed::new(&self.completions, Some(deferral.word()));
-                let ran = deferral.run(|| {
-                    owed.started(self.last_stamp());
-                    (self.work)()
-                });
+                let ran = deferral.run_around(|attempt| owed.stamping(attempt), || (self.work)());
                 match ran {
                     Ok(result) => {
                         owed.finish(&result);
@@ -413,13 +409,13 @@ impl<F, C: Clock> Throttled<F, C> {
         let leased = self.throttle.lease().is_some();
         let mut watch = covered::WATCH_INTERVAL;
         let outcome = loop {
-            // Acquire: as in `Throttle::admit`.
-            let now = self.throttle.load(Ordering::Acquire);
             let lease_over = word.lease_over(seen);
-            match self
+            // Acquire: as in `Throttle::admit`.
+            let load = || self.throttle.load(Ordering::Acquire);
+            let (looked, now) = self
                 .completions
-                .look::<R>(seen, now, lease_over, id, &waker)
-            {
+                .look::<R>(seen, load, lease_over, id, &waker);
+            match looked {
                 Seen::Covered(Some(result)) => break Some(Outcome::Covered(result)),
                 Seen::Covered(None) => break Some(Outcome::Coalesced),
                 Seen::Uncovered => break Some(Outcome::Revoked(Revoked::Cancelled)),

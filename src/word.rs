@@ -167,6 +167,15 @@ macro_rules! deadline_ahead {
     }};
 }
 
+/// An attempt to stamp a deferral, made inside a wrapper's closure (`stamp_when_due_around`).
+pub(crate) type Attempt<'a> = &'a mut dyn FnMut() -> Look<Result<u64, Revoked>>;
+
+/// What makes an attempt to stamp inside something of its own: calls the attempt once and
+/// returns its result.
+pub(crate) trait Around: FnMut(Attempt<'_>) -> Look<Result<u64, Revoked>> {}
+
+impl<T: FnMut(Attempt<'_>) -> Look<Result<u64, Revoked>>> Around for T {}
+
 /// One state word, seen through the core that rules it, with the slot where its waiting owner
 /// leaves its waker (a word without one wakes its owner only when the owner's own wait ends:
 /// at its deadline, or when its clock moves).
@@ -403,10 +412,21 @@ impl<C: Clock> Word<'_, C> {
     /// The wait ends (and its waker is unregistered) before the stamp, so that the stamp is the
     /// last thing before the caller starts the work.
     pub(crate) fn stamp_when_due(&self, word: u64) -> Result<u64, Revoked> {
+        self.stamp_when_due_around(word, |stamp| stamp())
+    }
+
+    /// Like `stamp_when_due`, with each attempt to stamp made inside `around` (which must call
+    /// the attempt it is given once, and return its result): for a wrapper that records the
+    /// run as started atomically with its stamp.
+    pub(crate) fn stamp_when_due_around(
+        &self,
+        word: u64,
+        mut around: impl Around,
+    ) -> Result<u64, Revoked> {
         loop {
             wait::block_on_deadline(&self.core.clock, self.owner, None, || self.look(word))?;
             // Due a moment ago; a clock that stepped back since makes this wait again.
-            if let Look::Done(stamped) = self.try_stamp(word) {
+            if let Look::Done(stamped) = around(&mut || self.try_stamp(word)) {
                 return stamped;
             }
         }
@@ -416,7 +436,23 @@ impl<C: Clock> Word<'_, C> {
     pub(crate) async fn stamp_when_due_async<S, F>(
         &self,
         word: u64,
+        sleep: S,
+    ) -> Result<u64, Revoked>
+    where
+        S: FnMut(Duration) -> F,
+        F: Future<Output = ()>,
+    {
+        self.stamp_when_due_async_around(word, sleep, |stamp| stamp())
+            .await
+    }
+
+    /// `stamp_when_due_async` with each attempt to stamp made inside `around`, as in
+    /// `stamp_when_due_around`.
+    pub(crate) async fn stamp_when_due_async_around<S, F>(
+        &self,
+        word: u64,
         mut sleep: S,
+        mut around: impl Around,
     ) -> Result<u64, Revoked>
     where
         S: FnMut(Duration) -> F,
@@ -425,7 +461,7 @@ impl<C: Clock> Word<'_, C> {
         loop {
             wait::wait_on_deadline(&self.core.clock, self.owner, &mut sleep, || self.look(word))
                 .await?;
-            if let Look::Done(stamped) = self.try_stamp(word) {
+            if let Look::Done(stamped) = around(&mut || self.try_stamp(word)) {
                 return stamped;
             }
         }
