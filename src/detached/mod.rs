@@ -829,3 +829,59 @@ impl<C: Clock> fmt::Debug for DetachedBuilder<C> {
             .finish()
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+    /// Whether `done` came true within 10 s.
+    fn within(done: impl Fn() -> bool) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// A leading run handed to the timer, and a deferred run at its deadline, both run, and
+    /// the handle drops, on its own timer thread and on a shared timer. Here, in the first
+    /// test binary to run, each step is bounded: a build that breaks one fails here within
+    /// seconds (leaking what it cannot stop) rather than hang every test that drops a handle.
+    #[test]
+    fn runs_happen_and_handles_drop_on_either_timer() {
+        let timer = core::mem::ManuallyDrop::new(SharedTimer::new());
+        for shared in [false, true] {
+            let runs = Arc::new(AtomicU32::new(0));
+            let builder = Detached::builder(Throttle::new(Duration::from_millis(5)));
+            let builder = if shared {
+                builder.timer(&timer)
+            } else {
+                builder
+            };
+            let job = builder
+                .spawn({
+                    let runs = runs.clone();
+                    move || {
+                        runs.fetch_add(1, Relaxed);
+                    }
+                })
+                .unwrap();
+            assert_eq!(job.call(), Dispatch::Leading);
+            assert_eq!(job.call(), Dispatch::Deferred);
+            if !within(|| runs.load(Relaxed) == 2) {
+                let ran = runs.load(Relaxed);
+                core::mem::forget(job);
+                panic!("shared timer: {shared}: {ran} of the 2 runs");
+            }
+            let dropper = std::thread::spawn(move || drop(job));
+            assert!(
+                within(|| dropper.is_finished()),
+                "shared timer: {shared}: the drop did not end"
+            );
+        }
+    }
+}
