@@ -45,6 +45,9 @@ struct Run {
     /// Its stamp in microseconds, once its work has started. A claim not started is no run
     /// yet, and, if its owner never comes back, never will be.
     started: Option<u64>,
+    /// Its owner is trying to stamp it right now (`Completions::stamping`): counted as
+    /// started, since the stamp may already be in the state word.
+    stamping: bool,
 }
 
 struct Finished {
@@ -89,6 +92,7 @@ impl Completions {
             id,
             claim,
             started: None,
+            stamping: false,
         });
         id
     }
@@ -99,11 +103,15 @@ impl Completions {
     }
 
     /// Makes `attempt` to stamp the deferral of run `id` (see `own`), and records the run as
-    /// started if it stamped, in one step for the waiters: they read the state word under the
-    /// same lock (`look`), so a stamp of the wrapper's they see is a started run's.
+    /// started if it stamped. Waiters take the run for started from before the attempt until
+    /// they know how it went, and read the state word under the record's lock (`look`): so a
+    /// stamp of the wrapper's they see is a started run's. The attempt itself (which reads the
+    /// user's clock) is made without the lock.
     pub(crate) fn stamping(&self, id: u64, attempt: Attempt<'_>) -> Look<Result<u64, Revoked>> {
-        let mut record = sync::lock(&self.inner);
+        sync::lock(&self.inner).mark_stamping(id, true);
         let stamped = attempt();
+        let mut record = sync::lock(&self.inner);
+        record.mark_stamping(id, false);
         if let Look::Done(Ok(stamp)) = stamped {
             record.start(id, stamp);
         }
@@ -168,8 +176,8 @@ impl Completions {
         waker: &Waker,
     ) -> (Seen<R>, u64) {
         let mut record = sync::lock(&self.inner);
-        // Read under the lock: a wrapper's owner stamps its run and records it as started in
-        // one step under it (`stamping`), so a stamp of the wrapper's seen here is a started
+        // Read under the lock, after the mark an owner of the wrapper makes before it tries to
+        // stamp (`stamping`): a stamp of the wrapper's seen here is a started or stamping
         // run's.
         let now = load();
         (record.look(seen, now, lease_over, id, waker), now)
@@ -305,14 +313,14 @@ impl Record {
         let started = self
             .runs
             .iter()
-            .any(|run| run.claim == Some(seen) && run.started.is_some());
+            .any(|run| run.claim == Some(seen) && (run.started.is_some() || run.stamping));
         let outside = !held || (!started && lease_over);
         // A run of the wrapper's under way that started after the call (stamped after the
         // window the call came in) may be what moved the stamp, and its result is on its way.
         let running = self
             .runs
             .iter()
-            .any(|run| run.started.is_some_and(|stamp| stamp > state::stamp(seen)));
+            .any(|run| run.stamping || run.started.is_some_and(|stamp| stamp > state::stamp(seen)));
         // The window moved on after the call, and no run of the wrapper's that started since
         // is under way to finish: a run started outside the wrapper covers it. It cannot be
         // seen finishing.
@@ -327,6 +335,13 @@ impl Record {
             Seen::Watching
         } else {
             Seen::Waiting
+        }
+    }
+
+    /// Whether run `id`'s owner is trying to stamp it right now.
+    fn mark_stamping(&mut self, id: u64, stamping: bool) {
+        if let Some(run) = self.runs.iter_mut().find(|run| run.id == id) {
+            run.stamping = stamping;
         }
     }
 

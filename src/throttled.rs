@@ -309,7 +309,9 @@ impl<F, C: Clock> Throttled<F, C> {
     /// since the claim) looks exactly like a deferral given up, and its waiters are told
     /// `Revoked(Cancelled)`. So where calls go through `throttle()` as well as the wrapper,
     /// a waiter may also end `Coalesced` as a covering run of the wrapper's starts, before it
-    /// finishes. On a throttle with a [lease](crate::ThrottleBuilder::lease), a waiter whose
+    /// finishes. Every waiter looks again that way, behind an owner of the wrapper's too: a
+    /// cancel made through `throttle()`, or an owner whose future was leaked, tells it nothing.
+    /// On a throttle with a [lease](crate::ThrottleBuilder::lease), a waiter whose
     /// owner outside the wrapper let the lease run out takes the run over itself, as a call
     /// would (answered `Now`), unless another caller took it over first: that caller's run
     /// then covers it (`Coalesced`). The same holds behind an owner inside the wrapper that has
@@ -403,12 +405,11 @@ impl<F, C: Clock> Throttled<F, C> {
     fn wait_for_cover<R: Clone + 'static>(&self, seen: u64) -> Option<Outcome<R>> {
         let waker = wait::thread_waker();
         let id = crate::clock::Waiter::new(&waker).id();
+        // However the wait ends (its clock may panic), the waiter is forgotten.
+        let _forget = Forget(&self.completions, id);
         let word = self.throttle.word();
-        // On a throttle with a lease, an owner may never come back: the waiter looks again
-        // from time to time rather than wait for a wake-up that may not come.
-        let leased = self.throttle.lease().is_some();
         let mut watch = covered::WATCH_INTERVAL;
-        let outcome = loop {
+        loop {
             let lease_over = word.lease_over(seen);
             // Acquire: as in `Throttle::admit`.
             let load = || self.throttle.load(Ordering::Acquire);
@@ -416,26 +417,33 @@ impl<F, C: Clock> Throttled<F, C> {
                 .completions
                 .look::<R>(seen, load, lease_over, id, &waker);
             match looked {
-                Seen::Covered(Some(result)) => break Some(Outcome::Covered(result)),
-                Seen::Covered(None) => break Some(Outcome::Coalesced),
-                Seen::Uncovered => break Some(Outcome::Revoked(Revoked::Cancelled)),
-                Seen::Waiting if !leased => crate::sync::park(),
-                looked => {
-                    // An owner it watches let the lease run out: the waiter takes the run over,
-                    // but only the claim it looked at, and only if no one changed the state
-                    // since; a caller that took it over first has a run that covers this one,
-                    // which a later look sees.
-                    if matches!(looked, Seen::Watching) && word.take_over(now) {
-                        break None;
-                    }
+                Seen::Covered(Some(result)) => return Some(Outcome::Covered(result)),
+                Seen::Covered(None) => return Some(Outcome::Coalesced),
+                Seen::Uncovered => return Some(Outcome::Revoked(Revoked::Cancelled)),
+                // An owner it watches let the lease run out: the waiter takes the run over,
+                // but only the claim it looked at, and only if no one changed the state since;
+                // a caller that took it over first has a run that covers this one, which a
+                // later look sees.
+                Seen::Watching if word.take_over(now) => return None,
+                // Woken by the owner's news, or not: an owner may never come back (its future
+                // leaked), and a cancel through the throttle itself tells nobody. So the waiter
+                // looks again from time to time, less often the longer it waits: many waiters
+                // cost little.
+                Seen::Waiting | Seen::Watching => {
                     crate::sync::park_timeout(watch);
-                    // Looking less often the longer it takes: many waiters cost little.
                     watch = (watch * 2).min(covered::WATCH_INTERVAL_MAX);
                 }
             }
-        };
-        self.completions.forget(id);
-        outcome
+        }
+    }
+}
+
+/// Forgets a waiter of a covered call when dropped: when its wait ends, or unwinds.
+struct Forget<'a>(&'a Completions, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
     }
 }
 

@@ -3,6 +3,8 @@
 //! repeat and owners never come back, a run from before the call holds nobody up, and a
 //! live owner's waiters get its result however late it stamps.
 
+#[path = "support/expected_panics.rs"]
+mod expected_panics;
 #[path = "support/free_on_failure.rs"]
 mod free_on_failure;
 #[path = "support/wait_for.rs"]
@@ -220,5 +222,137 @@ fn waiters_behind_an_owner_that_stamps_late_get_its_result() {
          {:?}",
         wrong.len(),
         wrong.first()
+    );
+}
+
+/// A manual clock that, at every reading while `job` is set, reads `job.waiting()` (which
+/// takes the wrapper's record lock) and, on the thread named in `panic_on`, panics: the
+/// crate reads the clock without holding that lock, and a panicking reading ends only the
+/// caller that made it.
+#[derive(Clone, Default)]
+struct CallsBack {
+    clock: ManualClock,
+    job: Arc<std::sync::Mutex<Option<std::sync::Weak<CalledBack>>>>,
+    panic_on: Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>,
+}
+
+impl atomic_throttle::Clock for CallsBack {
+    fn now_nanos(&self) -> u64 {
+        let job = self.job.lock().unwrap().clone();
+        if let Some(job) = job.and_then(|job| job.upgrade()) {
+            let _ = job.waiting();
+        }
+        if *self.panic_on.lock().unwrap() == Some(std::thread::current().id()) {
+            expected_panics::expected("the clock failed");
+        }
+        self.clock.now_nanos()
+    }
+
+    fn wait_for(
+        &self,
+        waiter: atomic_throttle::Waiter<'_>,
+        deadline: u64,
+    ) -> atomic_throttle::Wait {
+        self.clock.wait_for(waiter, deadline)
+    }
+
+    fn done_waiting(&self, waiter: atomic_throttle::Waiter<'_>) {
+        self.clock.done_waiting(waiter);
+    }
+
+    fn sleep(&self, duration: Duration) {
+        self.clock.sleep(duration);
+    }
+}
+
+type CalledBack = Throttled<fn() -> u32, CallsBack>;
+
+/// A clock that calls back into the wrapper (here: `waiting()`) while an owner stamps its run
+/// and waiters look: nothing deadlocks. A waiter whose clock panics ends with that panic, and
+/// is no longer counted as waiting.
+#[test]
+fn a_clock_that_calls_back_or_panics_leaves_no_one_stuck() {
+    let clock = CallsBack {
+        clock: ManualClock::with_auto_advance(false),
+        ..CallsBack::default()
+    };
+    let _free = FreeOnFailure(&clock.clock);
+    let throttle = Throttle::builder(T)
+        .clock(clock.clone())
+        .lease(LEASE)
+        .build()
+        .unwrap();
+    let work: fn() -> u32 = || 4;
+    let job = Arc::new(Throttled::from_throttle(throttle, work));
+    *clock.job.lock().unwrap() = Some(Arc::downgrade(&job));
+    assert_eq!(job.call_covered(), Outcome::Now(4));
+    let owner = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.throttle().is_pending(), "the owner to claim");
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.waiting() == 1, "the waiter waits");
+    clock.clock.advance(T);
+    wait_for(|| owner.is_finished(), "the owner to stamp and run");
+    wait_for(
+        || waiter.is_finished(),
+        "the waiter to get the owner's result",
+    );
+    assert_eq!(owner.join().unwrap(), Outcome::Deferred(4));
+    assert_eq!(waiter.join().unwrap(), Outcome::Covered(4));
+    // A waiter whose clock panics as it looks at the lease.
+    let owner = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.throttle().is_pending(), "the next owner to claim");
+    let panicking = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.waiting() == 1, "the second waiter waits");
+    // Its next look reads the clock (for the lease), which panics.
+    *clock.panic_on.lock().unwrap() = Some(panicking.thread().id());
+    assert!(panicking.join().is_err(), "the waiter's clock panicked");
+    assert_eq!(
+        job.waiting(),
+        0,
+        "a waiter whose thread is gone is still counted"
+    );
+    clock.clock.advance(T);
+    assert_eq!(owner.join().unwrap(), Outcome::Deferred(4));
+}
+
+/// A `call_async` owner whose future is leaked holds its claim on a throttle without a lease
+/// (documented: until `cancel()`); the waiter behind it hears of the cancel made through the
+/// throttle itself, which tells the wrapper nothing: it looks again from time to time.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_waiter_behind_a_leaked_owner_hears_of_a_cancel_made_through_the_throttle() {
+    use std::future::Future;
+    let clock = ManualClock::with_auto_advance(false);
+    let job = Arc::new(Throttled::with_clock(T, clock.clone(), || 5).unwrap());
+    assert_eq!(job.call(), Outcome::Now(5));
+    let mut owner = Box::pin({
+        let job = job.clone();
+        async move { job.call_async().await }
+    });
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(owner.as_mut().poll(&mut context).is_pending());
+    std::mem::forget(owner);
+    let waiter = std::thread::spawn({
+        let job = job.clone();
+        move || job.call_covered()
+    });
+    wait_for(|| job.waiting() == 1, "the waiter waits");
+    assert!(job.throttle().cancel());
+    wait_for(|| waiter.is_finished(), "the waiter to hear of the cancel");
+    assert_eq!(
+        waiter.join().unwrap(),
+        Outcome::Revoked(atomic_throttle::Revoked::Cancelled)
     );
 }
