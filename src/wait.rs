@@ -273,3 +273,48 @@ where
         woken.await;
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A thread's waker unparks that thread, woken by value or by reference. (The test gives
+    /// the parked thread 10 s, and leaves it if it is never woken.)
+    #[test]
+    fn a_thread_waker_unparks_its_thread() {
+        for by_ref in [false, true] {
+            let woken = Arc::new(AtomicBool::new(false));
+            let (send, waker) = std::sync::mpsc::channel();
+            let parked = std::thread::spawn({
+                let woken = woken.clone();
+                move || {
+                    send.send(thread_waker()).unwrap();
+                    // Parks at least once: only the waker (or a spurious wake-up) ends a park.
+                    loop {
+                        sync::park();
+                        if woken.load(Ordering::Acquire) {
+                            break;
+                        }
+                    }
+                }
+            });
+            let waker = waker.recv().unwrap();
+            woken.store(true, Ordering::Release);
+            if by_ref {
+                waker.wake_by_ref();
+            } else {
+                waker.wake();
+            }
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while !parked.is_finished() {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "by ref: {by_ref}: the thread was not woken"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}

@@ -246,14 +246,17 @@ fn shutdown_can_cancel_a_pending_deferral() {
         .unwrap();
     assert_eq!(job.call(), Dispatch::Leading);
     assert_eq!(job.call(), Dispatch::Deferred);
-    let start = Instant::now();
-    drop(job);
-    assert!(
-        start.elapsed() < wait_for::patience(),
-        "the drop waited out the hour: {:?}",
-        start.elapsed()
-    );
+    drop_within_patience(job, "the drop, not the hour the deferral is due in");
     assert_eq!(runs.load(Relaxed), 1, "the cancelled deferral did not run");
+}
+
+/// Drops `job` on a thread of its own, failing the test (and leaving the thread) if the drop
+/// takes longer than the test's patience; returns how long it took.
+fn drop_within_patience(job: impl Send + 'static, what: &str) -> Duration {
+    let start = Instant::now();
+    let dropper = std::thread::spawn(move || drop(job));
+    wait_for(|| dropper.is_finished(), what);
+    start.elapsed()
 }
 
 /// Before the fix, `Shutdown::RunPending` waited for the deadline on the throttle's clock: a
@@ -282,14 +285,11 @@ fn shutdown_is_bounded_in_real_time_whatever_the_clock_does() {
         assert_eq!(job.call(), Dispatch::Leading);
         assert_eq!(job.call(), Dispatch::Deferred);
         clock.rewind(step_back);
-        let start = Instant::now();
-        drop(job);
-        let took = start.elapsed();
+        let took = drop_within_patience(job, "the drop, within its grace");
         assert!(
             took >= Duration::from_millis(200),
             "the grace was not waited: {took:?}"
         );
-        assert!(took < Duration::from_secs(20), "the drop hung: {took:?}");
         assert_eq!(runs.load(Relaxed), 2, "the pending run was lost");
     }
 }

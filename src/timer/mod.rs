@@ -540,4 +540,36 @@ mod tests {
         );
         assert!(timer.is_running());
     }
+
+    /// A shared timer with a throttle registered, and a deferral pending on it, shuts down:
+    /// the throttle by its own policy, then the threads, within 10 s. (Bounded, and leaked if
+    /// it fails, so that a build that cannot stop a timer fails here and hangs nothing.)
+    #[test]
+    fn a_shared_timer_shuts_down_with_a_throttle_registered() {
+        use crate::{Detached, Dispatch, LeadingRun, Shutdown, Throttle};
+        let timer = SharedTimer::new();
+        let job = Detached::builder(Throttle::new(Duration::from_secs(3600)))
+            .leading_run(LeadingRun::Inline)
+            .on_shutdown(Shutdown::CancelPending)
+            .timer(&timer)
+            .spawn(|| ())
+            .unwrap();
+        assert_eq!(
+            [job.call(), job.call()],
+            [Dispatch::Leading, Dispatch::Deferred]
+        );
+        let stopper = std::thread::spawn(move || {
+            timer.shutdown();
+            (timer.is_running(), job.call(), job.is_pending())
+        });
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !stopper.is_finished() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the shutdown did not end"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(stopper.join().unwrap(), (false, Dispatch::Closed, false));
+    }
 }
