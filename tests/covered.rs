@@ -7,11 +7,14 @@
 mod expected_panics;
 #[path = "support/free_on_failure.rs"]
 mod free_on_failure;
+#[path = "support/hooked_clock.rs"]
+mod hooked_clock;
 #[path = "support/wait_for.rs"]
 mod wait_for;
 
-use atomic_throttle::{Admission, ManualClock, Outcome, Throttle, Throttled};
+use atomic_throttle::{Admission, Clock, ManualClock, Outcome, Throttle, Throttled};
 use free_on_failure::FreeOnFailure;
+use hooked_clock::Hooked;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -225,57 +228,31 @@ fn waiters_behind_an_owner_that_stamps_late_get_its_result() {
     );
 }
 
-/// A manual clock that, at every reading while `job` is set, reads `job.waiting()` (which
-/// takes the wrapper's record lock) and, on the thread named in `panic_on`, panics: the
-/// crate reads the clock without holding that lock, and a panicking reading ends only the
-/// caller that made it.
-#[derive(Clone, Default)]
-struct CallsBack {
-    clock: ManualClock,
-    job: Arc<std::sync::Mutex<Option<std::sync::Weak<CalledBack>>>>,
-    panic_on: Arc<std::sync::Mutex<Option<std::thread::ThreadId>>>,
-}
-
-impl atomic_throttle::Clock for CallsBack {
-    fn now_nanos(&self) -> u64 {
-        let job = self.job.lock().unwrap().clone();
-        if let Some(job) = job.and_then(|job| job.upgrade()) {
-            let _ = job.waiting();
-        }
-        if *self.panic_on.lock().unwrap() == Some(std::thread::current().id()) {
-            expected_panics::expected("the clock failed");
-        }
-        self.clock.now_nanos()
-    }
-
-    fn wait_for(
-        &self,
-        waiter: atomic_throttle::Waiter<'_>,
-        deadline: u64,
-    ) -> atomic_throttle::Wait {
-        self.clock.wait_for(waiter, deadline)
-    }
-
-    fn done_waiting(&self, waiter: atomic_throttle::Waiter<'_>) {
-        self.clock.done_waiting(waiter);
-    }
-
-    fn sleep(&self, duration: Duration) {
-        self.clock.sleep(duration);
-    }
-}
-
-type CalledBack = Throttled<fn() -> u32, CallsBack>;
+type CalledBack = Throttled<fn() -> u32, Hooked>;
 
 /// A clock that calls back into the wrapper (here: `waiting()`) while an owner stamps its run
 /// and waiters look: nothing deadlocks. A waiter whose clock panics ends with that panic, and
 /// is no longer counted as waiting.
 #[test]
 fn a_clock_that_calls_back_or_panics_leaves_no_one_stuck() {
-    let clock = CallsBack {
-        clock: ManualClock::with_auto_advance(false),
-        ..CallsBack::default()
-    };
+    // At every reading while `job` is set, reads `job.waiting()` (which takes the wrapper's
+    // record lock) and, on the thread named in `panic_on`, panics: the crate reads the clock
+    // without holding that lock, and a panicking reading ends only the caller that made it.
+    let called_back: Arc<std::sync::Mutex<Option<std::sync::Weak<CalledBack>>>> = Arc::default();
+    let panic_on: Arc<std::sync::Mutex<Option<std::thread::ThreadId>>> = Arc::default();
+    let clock = Hooked::new(ManualClock::with_auto_advance(false), {
+        let (called_back, panic_on) = (called_back.clone(), panic_on.clone());
+        move |clock| {
+            let job = called_back.lock().unwrap().clone();
+            if let Some(job) = job.and_then(|job| job.upgrade()) {
+                let _ = job.waiting();
+            }
+            if *panic_on.lock().unwrap() == Some(std::thread::current().id()) {
+                expected_panics::expected("the clock failed");
+            }
+            clock.now_nanos()
+        }
+    });
     let _free = FreeOnFailure(&clock.clock);
     let throttle = Throttle::builder(T)
         .clock(clock.clone())
@@ -284,7 +261,7 @@ fn a_clock_that_calls_back_or_panics_leaves_no_one_stuck() {
         .unwrap();
     let work: fn() -> u32 = || 4;
     let job = Arc::new(Throttled::from_throttle(throttle, work));
-    *clock.job.lock().unwrap() = Some(Arc::downgrade(&job));
+    *called_back.lock().unwrap() = Some(Arc::downgrade(&job));
     assert_eq!(job.call_covered(), Outcome::Now(4));
     let owner = std::thread::spawn({
         let job = job.clone();
@@ -316,7 +293,7 @@ fn a_clock_that_calls_back_or_panics_leaves_no_one_stuck() {
     });
     wait_for(|| job.waiting() == 1, "the second waiter waits");
     // Its next look reads the clock (for the lease), which panics.
-    *clock.panic_on.lock().unwrap() = Some(panicking.thread().id());
+    *panic_on.lock().unwrap() = Some(panicking.thread().id());
     assert!(panicking.join().is_err(), "the waiter's clock panicked");
     assert_eq!(
         job.waiting(),

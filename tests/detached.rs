@@ -1075,24 +1075,10 @@ fn a_run_waiting_for_its_spacing_leaves_the_worker_to_others() {
         .unwrap();
     let a_starts = Arc::new(Mutex::new(Vec::new()));
     let (permit_sender, permits) = std::sync::mpsc::channel::<()>();
-    let permits = Mutex::new(permits);
     let a = Detached::builder(Throttle::with_clock(T, clock.clone()).unwrap())
         .leading_run(LeadingRun::OnTimer)
         .timer(&timer)
-        .spawn({
-            let (clock, starts) = (clock.clone(), a_starts.clone());
-            move || {
-                let first = {
-                    let mut starts = starts.lock().unwrap();
-                    starts.push(clock.now());
-                    starts.len() == 1
-                };
-                if first {
-                    // Holds the worker until the test lets it go.
-                    let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
-                }
-            }
-        })
+        .spawn(first_run_held(&clock, &a_starts, permits))
         .unwrap();
     let permit = permit_sender; // dropped before the handles if the test fails
     assert_eq!(a.call(), Dispatch::Leading);
@@ -1226,25 +1212,12 @@ fn a_shutdown_grace_bounds_a_leading_runs_spacing_on_a_shared_timer() {
     let timer = SharedTimer::builder().clock(clock.clone()).spawn().unwrap();
     let starts = Arc::new(Mutex::new(Vec::new()));
     let (permit_sender, permits) = std::sync::mpsc::channel::<()>();
-    let permits = Mutex::new(permits);
     let job = Detached::builder(Throttle::with_clock(HOUR, clock.clone()).unwrap())
         .leading_run(LeadingRun::OnTimer)
         .shutdown_grace(Duration::from_millis(10))
         .unwrap()
         .timer(&timer)
-        .spawn({
-            let (clock, starts) = (clock.clone(), starts.clone());
-            move || {
-                let first = {
-                    let mut starts = starts.lock().unwrap();
-                    starts.push(clock.now());
-                    starts.len() == 1
-                };
-                if first {
-                    let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
-                }
-            }
-        })
+        .spawn(first_run_held(&clock, &starts, permits))
         .unwrap();
     let permit = permit_sender; // dropped before the handle if the test fails
     assert_eq!(job.call(), Dispatch::Leading);
@@ -1267,4 +1240,24 @@ fn a_shutdown_grace_bounds_a_leading_runs_spacing_on_a_shared_timer() {
         "the shutdown to end within its grace",
     );
     assert_eq!(starts.lock().unwrap().len(), 3, "the last leading run ran");
+}
+
+/// A work that records the clock's reading at each start in `starts`, and holds its first run
+/// (and the thread serving it) until a permit comes, or the test's patience is out.
+fn first_run_held(
+    clock: &ManualClock,
+    starts: &Arc<Mutex<Vec<Duration>>>,
+    permits: std::sync::mpsc::Receiver<()>,
+) -> impl Fn() + Send + Sync + 'static {
+    let (clock, starts, permits) = (clock.clone(), starts.clone(), Mutex::new(permits));
+    move || {
+        let first = {
+            let mut starts = starts.lock().unwrap();
+            starts.push(clock.now());
+            starts.len() == 1
+        };
+        if first {
+            let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
+        }
+    }
 }

@@ -2,11 +2,14 @@
 
 #[path = "support/free_on_failure.rs"]
 mod free_on_failure;
+#[path = "support/hooked_clock.rs"]
+mod hooked_clock;
 #[path = "support/wait_for.rs"]
 mod wait_for;
 
-use atomic_throttle::{Admission, ManualClock, Outcome, Revoked, Throttle, Throttled};
+use atomic_throttle::{Admission, Clock, ManualClock, Outcome, Revoked, Throttle, Throttled};
 use free_on_failure::FreeOnFailure;
+use hooked_clock::Hooked;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -317,10 +320,19 @@ fn a_waiter_takes_over_a_leaked_outside_deferral_once_its_lease_runs_out() {
 #[test]
 fn a_waiter_does_not_take_over_a_claim_someone_else_took_over_first() {
     let clock = ManualClock::with_auto_advance(false);
-    let hooked = HookedClock {
-        clock: clock.clone(),
-        hook: Arc::default(),
-    };
+    // Runs the hook set below, once, at the first reading after it is set.
+    type Hook = Box<dyn FnOnce() + Send>;
+    let hook: Arc<std::sync::Mutex<Option<Hook>>> = Arc::default();
+    let hooked = Hooked::new(clock.clone(), {
+        let hook = hook.clone();
+        move |clock| {
+            let hook = hook.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+            clock.now_nanos()
+        }
+    });
     let throttle = Throttle::builder(T)
         .clock(hooked.clone())
         .lease(LEASE)
@@ -340,7 +352,7 @@ fn a_waiter_does_not_take_over_a_claim_someone_else_took_over_first() {
     // The waiter's next reading of the clock comes after it has looked at the state: the
     // lease runs out, and another caller takes the claim over, in between.
     let took_over = Arc::new(AtomicU32::new(0));
-    *hooked.hook.lock().unwrap() = Some(Box::new({
+    *hook.lock().unwrap() = Some(Box::new({
         let (clock, job, took_over) = (clock.clone(), job.clone(), took_over.clone());
         move || {
             clock.advance(T + LEASE);
@@ -359,40 +371,6 @@ fn a_waiter_does_not_take_over_a_claim_someone_else_took_over_first() {
         !job.throttle().is_pending(),
         "the waiter claimed a deferral of its own"
     );
-}
-
-/// A manual clock that runs a hook, once, at the first reading after it is set.
-#[derive(Clone)]
-struct HookedClock {
-    clock: ManualClock,
-    #[allow(clippy::type_complexity)]
-    hook: Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>,
-}
-
-impl atomic_throttle::Clock for HookedClock {
-    fn now_nanos(&self) -> u64 {
-        let hook = self.hook.lock().unwrap().take();
-        if let Some(hook) = hook {
-            hook();
-        }
-        self.clock.now_nanos()
-    }
-
-    fn wait_for(
-        &self,
-        waiter: atomic_throttle::Waiter<'_>,
-        deadline: u64,
-    ) -> atomic_throttle::Wait {
-        self.clock.wait_for(waiter, deadline)
-    }
-
-    fn done_waiting(&self, waiter: atomic_throttle::Waiter<'_>) {
-        self.clock.done_waiting(waiter);
-    }
-
-    fn sleep(&self, duration: Duration) {
-        self.clock.sleep(duration);
-    }
 }
 
 /// How long an abandoned deferral keeps its claim past its deadline, in the leased tests.
@@ -437,10 +415,7 @@ fn a_covered_waiter_gets_the_run_after_its_call_not_the_one_before() {
 }
 
 /// A counting wrapper of `work` on a throttle with a [`LEASE`], on `clock`.
-fn leased_counting<C: atomic_throttle::Clock, F: Fn() -> u32>(
-    clock: C,
-    work: F,
-) -> Arc<Throttled<F, C>> {
+fn leased_counting<C: Clock, F: Fn() -> u32>(clock: C, work: F) -> Arc<Throttled<F, C>> {
     let throttle = Throttle::builder(T)
         .clock(clock)
         .lease(LEASE)
@@ -456,11 +431,24 @@ fn leased_counting<C: atomic_throttle::Clock, F: Fn() -> u32>(
 #[test]
 fn a_waiter_that_takes_over_is_counted_once_as_coalesced_and_once_as_a_takeover() {
     let clock = ManualClock::with_auto_advance(false);
+    // Steps back 2 ms once, at the first reading at or past `step_back_at` (then set back
+    // to `u64::MAX`, never).
     let step_back_at = Arc::new(AtomicU64::new(u64::MAX));
-    let stepping = StepsBackOnce {
-        clock: clock.clone(),
-        at: step_back_at.clone(),
-    };
+    let stepping = Hooked::new(clock.clone(), {
+        let at = step_back_at.clone();
+        move |clock| {
+            let now = clock.now_nanos();
+            let step = at.load(Relaxed);
+            if now >= step
+                && at
+                    .compare_exchange(step, u64::MAX, Relaxed, Relaxed)
+                    .is_ok()
+            {
+                clock.rewind(Duration::from_millis(2));
+            }
+            now
+        }
+    });
     let job = leased_counting(stepping, || 3);
     assert_eq!(job.call(), Outcome::Now(3));
     let owner = job.throttle().admit();
@@ -487,46 +475,6 @@ fn a_waiter_that_takes_over_is_counted_once_as_coalesced_and_once_as_a_takeover(
     assert_eq!(waiter.join().unwrap(), Outcome::Now(3));
     let stats = job.throttle().stats().unwrap();
     assert_eq!((stats.coalesced, stats.takeovers), (1, 1), "{stats:?}");
-}
-
-/// A manual clock that steps back 2 ms once, at the first reading at or past `at` (then set
-/// back to `u64::MAX`, never).
-#[derive(Clone)]
-struct StepsBackOnce {
-    clock: ManualClock,
-    at: Arc<AtomicU64>,
-}
-
-impl atomic_throttle::Clock for StepsBackOnce {
-    fn now_nanos(&self) -> u64 {
-        let now = self.clock.now_nanos();
-        let at = self.at.load(Relaxed);
-        if now >= at
-            && self
-                .at
-                .compare_exchange(at, u64::MAX, Relaxed, Relaxed)
-                .is_ok()
-        {
-            self.clock.rewind(Duration::from_millis(2));
-        }
-        now
-    }
-
-    fn wait_for(
-        &self,
-        waiter: atomic_throttle::Waiter<'_>,
-        deadline: u64,
-    ) -> atomic_throttle::Wait {
-        self.clock.wait_for(waiter, deadline)
-    }
-
-    fn done_waiting(&self, waiter: atomic_throttle::Waiter<'_>) {
-        self.clock.done_waiting(waiter);
-    }
-
-    fn sleep(&self, duration: Duration) {
-        self.clock.sleep(duration);
-    }
 }
 
 /// At the end of the clock's range time stops, and a leaked deferral is never taken over: a
