@@ -848,12 +848,27 @@ mod tests {
     }
 
     /// A leading run handed to the timer, and a deferred run at its deadline, both run, and
-    /// the handle drops, on its own timer thread and on a shared timer. Here, in the first
-    /// test binary to run, each step is bounded: a build that breaks one fails here within
-    /// seconds (leaking what it cannot stop) rather than hang every test that drops a handle.
+    /// the handle drops, on its own timer thread and on a shared timer, where a second
+    /// throttle's runs come while the timer waits for a deadline an hour away; and a deferral
+    /// due in an hour, under `Shutdown::RunPending`, runs once the shutdown's grace is out.
+    /// Here, in the first test binary to run, each step is bounded: a build that breaks one
+    /// fails here within seconds (leaking what it cannot stop) rather than hang every test
+    /// that drops a handle.
     #[test]
     fn runs_happen_and_handles_drop_on_either_timer() {
         let timer = core::mem::ManuallyDrop::new(SharedTimer::new());
+        // On the shared timer: a deferral due in an hour, which the timer waits for.
+        let later = Detached::builder(Throttle::new(Duration::from_secs(3600)))
+            .leading_run(LeadingRun::Inline)
+            .on_shutdown(Shutdown::CancelPending)
+            .timer(&timer)
+            .spawn(|| ())
+            .unwrap();
+        let waits = [later.call(), later.call()] == [Dispatch::Leading, Dispatch::Deferred];
+        if !waits {
+            core::mem::forget(later);
+            panic!("no deferral for the shared timer to wait for");
+        }
         for shared in [false, true] {
             let runs = Arc::new(AtomicU32::new(0));
             let builder = Detached::builder(Throttle::new(Duration::from_millis(5)));
@@ -870,18 +885,46 @@ mod tests {
                     }
                 })
                 .unwrap();
-            assert_eq!(job.call(), Dispatch::Leading);
-            assert_eq!(job.call(), Dispatch::Deferred);
-            if !within(|| runs.load(Relaxed) == 2) {
+            let answers = [job.call(), job.call()];
+            let ran = within(|| runs.load(Relaxed) == 2);
+            if answers != [Dispatch::Leading, Dispatch::Deferred] || !ran {
                 let ran = runs.load(Relaxed);
                 core::mem::forget(job);
-                panic!("shared timer: {shared}: {ran} of the 2 runs");
+                panic!("shared timer: {shared}: answers {answers:?}, {ran} of the 2 runs");
             }
-            let dropper = std::thread::spawn(move || drop(job));
-            assert!(
-                within(|| dropper.is_finished()),
-                "shared timer: {shared}: the drop did not end"
-            );
+            drops_within(job, &format!("shared timer: {shared}"));
         }
+        drops_within(
+            later,
+            "a throttle with a deferral due in an hour, cancelled",
+        );
+        let runs = Arc::new(AtomicU32::new(0));
+        let pending = Detached::builder(Throttle::new(Duration::from_secs(3600)))
+            .leading_run(LeadingRun::Inline)
+            .shutdown_grace(Duration::from_millis(10))
+            .unwrap()
+            .spawn({
+                let runs = runs.clone();
+                move || {
+                    runs.fetch_add(1, Relaxed);
+                }
+            })
+            .unwrap();
+        let answers = [pending.call(), pending.call()];
+        assert_eq!(answers, [Dispatch::Leading, Dispatch::Deferred]);
+        drops_within(
+            pending,
+            "a throttle with a deferral due in an hour, run after the grace",
+        );
+        assert_eq!(runs.load(Relaxed), 2, "the pending run did not run");
+    }
+
+    /// Drops `job` on a thread of its own; fails (leaving the thread) unless that ends in 10 s.
+    fn drops_within<T: Send + 'static>(job: T, what: &str) {
+        let dropper = std::thread::spawn(move || drop(job));
+        assert!(
+            within(|| dropper.is_finished()),
+            "{what}: the drop did not end"
+        );
     }
 }
