@@ -498,11 +498,11 @@ mod tests {
     fn runs_holding_the_same_claim_word_each_settle_their_own() {
         let completions = Completions::default();
         let claim = state::PENDING | state::STAMPED | 5;
-        let mut ran = Owed::new(&completions, Some(claim));
-        ran.started(5_000); // flushed: it ran at its claim's own stamp
-                            // The same word claimed again (the clock stood still), by an owner that never comes
-                            // back.
+        // An owner of the claim that never comes back, and, the clock standing still, another
+        // run of the same word, flushed, that ran at its claim's own stamp and ends.
         let gone = Owed::new(&completions, Some(claim));
+        let mut ran = Owed::new(&completions, Some(claim));
+        ran.started(5_000);
         drop(ran);
         let runs = &sync::lock(&completions.inner).runs;
         assert_eq!(runs.len(), 1);
@@ -513,6 +513,51 @@ mod tests {
         core::mem::forget(gone);
     }
 
+    #[test]
+    fn each_waiter_is_counted_once() {
+        let completions = Completions::default();
+        let claim = state::PENDING | state::STAMPED | 5;
+        let _owed = Owed::new(&completions, Some(claim));
+        for id in [1, 2, 1, 2] {
+            let looked = completions
+                .look::<u32>(claim, || claim, false, id, Waker::noop())
+                .0;
+            assert!(matches!(looked, Seen::Waiting));
+        }
+        assert_eq!(completions.waiting(), 2);
+        completions.forget(1);
+        assert_eq!(completions.waiting(), 1);
+    }
+
+    #[test]
+    fn a_run_being_stamped_counts_as_started() {
+        let completions = Completions::default();
+        let claim = state::PENDING | state::STAMPED | 5;
+        // Another run of the wrapper's, started: no reason to take this claim for started.
+        let _leading = Owed::leading(&completions, 9_000);
+        let mut owed = Owed::new(&completions, Some(claim));
+        let lease_over = |completions: &Completions| {
+            let now = state::STAMPED | 9;
+            completions
+                .look::<u32>(claim, || now, true, 1, Waker::noop())
+                .0
+        };
+        // Past the lease and not started: watched, like an owner outside the wrapper.
+        assert!(matches!(lease_over(&completions), Seen::Watching));
+        // While its owner tries to stamp it (the stamp may be in the word already): waited for.
+        let mut during = None;
+        let _ = owed.stamping(&mut || {
+            during = Some(matches!(lease_over(&completions), Seen::Waiting));
+            Look::Until(20_000)
+        });
+        assert_eq!(
+            during,
+            Some(true),
+            "a run being stamped was taken for abandoned"
+        );
+        // The attempt failed (not due after all): not started again.
+        assert!(matches!(lease_over(&completions), Seen::Watching));
+    }
     #[test]
     fn a_stamp_made_in_stamping_is_a_started_run() {
         let completions = Completions::default();
