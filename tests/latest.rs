@@ -1,10 +1,13 @@
 //! The latest-value throttle: runs get the newest value offered, none is lost, torn or seen
 //! twice, and each is dropped exactly once.
 
+#[path = "support/free_on_failure.rs"]
+mod free_on_failure;
 #[path = "support/wait_for.rs"]
 mod wait_for;
 
 use atomic_throttle::{Latest, ManualClock, Mode, Outcome, Revoked, Throttle};
+use free_on_failure::FreeOnFailure;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +46,7 @@ fn the_deferred_run_gets_the_latest_value_offered() {
     let latest = Latest::from_throttle(Throttle::with_clock(T, clock.clone()).unwrap(), |v: u32| v);
     assert_eq!(latest.call(1), Outcome::Now(1));
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| latest.call(2));
         wait_for(
             || latest.throttle().is_pending(),
@@ -105,6 +109,7 @@ fn a_cancelled_run_leaves_its_value_for_the_next() {
     let latest = Latest::from_throttle(Throttle::with_clock(T, clock.clone()).unwrap(), |v: u32| v);
     assert_eq!(latest.call(1), Outcome::Now(1));
     std::thread::scope(|s| {
+        let _free = FreeOnFailure(&clock);
         let owner = s.spawn(|| latest.call(2));
         wait_for(
             || latest.throttle().is_pending(),
