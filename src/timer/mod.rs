@@ -541,26 +541,47 @@ mod tests {
         assert!(timer.is_running());
     }
 
-    /// A shared timer with a throttle registered, and a deferral pending on it, shuts down:
-    /// the throttle by its own policy, then the threads, within 10 s. (Bounded, and leaked if
-    /// it fails, so that a build that cannot stop a timer fails here and hangs nothing.)
+    /// A shared timer with throttles registered, and deferrals pending on them, shuts down:
+    /// each throttle by its own policy (one gives its deferral up, the other runs its own at
+    /// its deadline, 20 ms on), then the threads, within 10 s. (Bounded, and leaked if it
+    /// fails, so that a build that cannot stop a timer fails here and hangs nothing.)
     #[test]
-    fn a_shared_timer_shuts_down_with_a_throttle_registered() {
+    fn a_shared_timer_shuts_down_with_throttles_registered() {
         use crate::{Detached, Dispatch, LeadingRun, Shutdown, Throttle};
+        use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
         let timer = SharedTimer::new();
-        let job = Detached::builder(Throttle::new(Duration::from_secs(3600)))
+        let cancelled = Detached::builder(Throttle::new(Duration::from_secs(3600)))
             .leading_run(LeadingRun::Inline)
             .on_shutdown(Shutdown::CancelPending)
             .timer(&timer)
             .spawn(|| ())
             .unwrap();
-        assert_eq!(
-            [job.call(), job.call()],
-            [Dispatch::Leading, Dispatch::Deferred]
-        );
+        let runs = Arc::new(AtomicU32::new(0));
+        let run = Detached::builder(Throttle::new(Duration::from_millis(20)))
+            .leading_run(LeadingRun::Inline)
+            .timer(&timer)
+            .spawn({
+                let runs = runs.clone();
+                move || {
+                    runs.fetch_add(1, Relaxed);
+                }
+            })
+            .unwrap();
+        let answers = [cancelled.call(), cancelled.call(), run.call(), run.call()];
+        let expected = [Dispatch::Leading, Dispatch::Deferred];
+        if answers != [expected, expected].concat()[..] {
+            core::mem::forget((cancelled, run, timer));
+            panic!("answers: {answers:?}");
+        }
         let stopper = std::thread::spawn(move || {
             timer.shutdown();
-            (timer.is_running(), job.call(), job.is_pending())
+            let after = [cancelled.call(), run.call()];
+            (
+                timer.is_running(),
+                after,
+                cancelled.is_pending(),
+                run.is_pending(),
+            )
         });
         let until = std::time::Instant::now() + Duration::from_secs(10);
         while !stopper.is_finished() {
@@ -570,6 +591,8 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(stopper.join().unwrap(), (false, Dispatch::Closed, false));
+        let closed = [Dispatch::Closed, Dispatch::Closed];
+        assert_eq!(stopper.join().unwrap(), (false, closed, false, false));
+        assert_eq!(runs.load(Relaxed), 2, "the pending run did not run");
     }
 }
