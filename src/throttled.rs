@@ -295,8 +295,9 @@ impl<F, C: Clock> Throttled<F, C> {
     /// run that covers it has finished, and gets a copy of its result: `Covered(result)` (a
     /// single-flight call). The covering run is the first to finish of the runs started
     /// after the call: the deferred run it was coalesced into, or a later one that finished
-    /// first (a leading run that came after that deferred run, while its work still ran). If that run is cancelled with nothing after it, the answer is
-    /// `Revoked(Cancelled)`. A covering run started by [`call`](Throttled::call) (or
+    /// first (a leading run that came after that deferred run, while its work still ran). If
+    /// that run is cancelled with nothing after it, the answer is `Revoked(Cancelled)`. A
+    /// covering run started by [`call`](Throttled::call) (or
     /// `call_async`) rather than `call_covered` keeps no result to copy: the waiter then gets
     /// `Coalesced`, after that run has finished; so does a waiter whose covering run panicked.
     /// Whatever the owner does (runs, panics, is cancelled, gives up, is dropped mid-wait),
@@ -317,9 +318,9 @@ impl<F, C: Clock> Throttled<F, C> {
     /// then covers it (`Coalesced`). The same holds behind an owner inside the wrapper that has
     /// not started its run by the end of the lease (its `call_async` future was leaked, or
     /// its thread is stuck): it may never come back, so there too waiters watch the state, on
-    /// such a throttle, rather than wait for a word from it. In [stats](Throttle::stats) and
-    /// [`take_skipped`](Throttle::take_skipped), a waiter that took the run over counts twice:
-    /// as the Coalesced answer it got first, and as the takeover.
+    /// such a throttle, rather than wait for a word from it. A waiter that took the run over
+    /// is counted as the Coalesced answer it got first (in [stats](Throttle::stats) and
+    /// [`take_skipped`](Throttle::take_skipped)), and in stats as the takeover too.
     ///
     /// Waiters read the throttle's state and the record of finished runs, which has two
     /// limits: a claim made at the stamp of a run just flushed (on a clock that has not moved
