@@ -297,9 +297,9 @@ impl<F, C: Clock> Throttled<F, C> {
     /// after the call: the deferred run it was coalesced into, or a later one that finished
     /// first (a leading run that came after that deferred run, while its work still ran). If
     /// that run is cancelled with nothing after it, the answer is `Revoked(Cancelled)`. A
-    /// covering run started by [`call`](Throttled::call) (or
-    /// `call_async`) rather than `call_covered` keeps no result to copy: the waiter then gets
-    /// `Coalesced`, after that run has finished; so does a waiter whose covering run panicked.
+    /// covering run started by [`call`](Throttled::call) (or `call_async`) rather than
+    /// `call_covered` keeps no result to copy: the waiter then gets `Coalesced`, after that
+    /// run has finished; so does a waiter whose covering run panicked.
     /// Whatever the owner does (runs, panics, is cancelled, gives up, is dropped mid-wait),
     /// the waiters hear of it: none is left blocked. A deferral claimed, run, given up,
     /// cancelled or taken over through [`throttle()`](Throttled::throttle) itself, outside the
