@@ -1265,3 +1265,43 @@ fn first_run_held(
         }
     }
 }
+
+/// On a shared timer, a leading run held by its spacing (the threshold raised to an hour after
+/// it was admitted) runs once a shutdown's grace is out: the timer hands it over then, and the
+/// shutdown ends within its grace rather than an hour later.
+#[test]
+fn a_leading_run_held_by_its_spacing_runs_once_the_grace_is_out() {
+    let timer = SharedTimer::new();
+    let runs = Arc::new(AtomicU32::new(0));
+    let (permit_sender, permits) = std::sync::mpsc::channel::<()>();
+    let permits = Mutex::new(permits);
+    let job = Detached::builder(Throttle::new(Duration::from_millis(30)))
+        .shutdown_grace(Duration::from_millis(10))
+        .unwrap()
+        .timer(&timer)
+        .spawn({
+            let runs = runs.clone();
+            move || {
+                if runs.fetch_add(1, Relaxed) == 0 {
+                    // Holds the worker until the second run is admitted and spaced an hour.
+                    let _ = permits.lock().unwrap().recv_timeout(wait_for::PATIENCE);
+                }
+            }
+        })
+        .unwrap();
+    let permit = permit_sender; // dropped before the handle if the test fails
+    assert_eq!(job.call(), Dispatch::Leading);
+    wait_for(|| runs.load(Relaxed) == 1, "the first run");
+    std::thread::sleep(Duration::from_millis(60)); // past the window
+    assert_eq!(job.call(), Dispatch::Leading);
+    job.set_threshold(Duration::from_secs(3600)).unwrap();
+    permit.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        runs.load(Relaxed),
+        1,
+        "the second run waited out its spacing"
+    );
+    drop_within_patience(job, "the shutdown, within its grace");
+    assert_eq!(runs.load(Relaxed), 2, "the second run ran in the shutdown");
+}
