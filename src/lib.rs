@@ -125,6 +125,8 @@ mod macros;
 mod panics;
 mod state;
 mod sync;
+#[cfg(all(test, not(loom)))]
+mod test_support;
 mod throttle;
 mod throttled;
 mod timer;

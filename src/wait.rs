@@ -307,14 +307,10 @@ mod tests {
             } else {
                 waker.wake();
             }
-            let until = std::time::Instant::now() + Duration::from_secs(10);
-            while !parked.is_finished() {
-                assert!(
-                    std::time::Instant::now() < until,
-                    "by ref: {by_ref}: the thread was not woken"
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            assert!(
+                crate::test_support::within(|| parked.is_finished()),
+                "by ref: {by_ref}: the thread was not woken"
+            );
         }
     }
 }

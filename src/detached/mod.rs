@@ -833,19 +833,8 @@ impl<C: Clock> fmt::Debug for DetachedBuilder<C> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::test_support::within;
     use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-
-    /// Whether `done` came true within 10 s.
-    fn within(done: impl Fn() -> bool) -> bool {
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while !done() {
-            if std::time::Instant::now() >= until {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        true
-    }
 
     /// A leading run handed to the timer, and a deferred run at its deadline, both run, and
     /// the handle drops, on its own timer thread and on a shared timer, where a second

@@ -583,14 +583,10 @@ mod tests {
                 run.is_pending(),
             )
         });
-        let until = std::time::Instant::now() + Duration::from_secs(10);
-        while !stopper.is_finished() {
-            assert!(
-                std::time::Instant::now() < until,
-                "the shutdown did not end"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        assert!(
+            crate::test_support::within(|| stopper.is_finished()),
+            "the shutdown did not end"
+        );
         let closed = [Dispatch::Closed, Dispatch::Closed];
         assert_eq!(stopper.join().unwrap(), (false, closed, false, false));
         assert_eq!(runs.load(Relaxed), 2, "the pending run did not run");
